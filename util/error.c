@@ -1,0 +1,54 @@
+/* error.c - the error object: a negative errno plus a message for humans. */
+#include "util.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static int normalise_code(int code)
+{
+    if (code > 0)
+        return -code;
+    return code ? code : -EIO;
+}
+
+int nv_error_set(struct nv_error *err, int code, const char *fmt, ...)
+{
+    code = normalise_code(code);
+    if (!err)
+        return code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    va_end(ap);
+    err->code = code;
+    return code;
+}
+
+int nv_error_prefix(struct nv_error *err, const char *fmt, ...)
+{
+    if (!err)
+        return -EIO;
+    char prefix[NV_ERROR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof(prefix), fmt, ap);
+    va_end(ap);
+
+    /* Room for both in full; the message keeps what fits. */
+    char joined[2 * NV_ERROR_MSG_MAX + 2];
+    snprintf(joined, sizeof(joined), "%s: %s", prefix, err->msg);
+    memcpy(err->msg, joined, sizeof(err->msg) - 1);
+    err->msg[sizeof(err->msg) - 1] = '\0';
+    err->code = normalise_code(err->code);
+    return err->code;
+}
+
+void nv_error_clear(struct nv_error *err)
+{
+    if (err) {
+        err->code = 0;
+        err->msg[0] = '\0';
+    }
+}

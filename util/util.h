@@ -1,0 +1,48 @@
+/* util.h - helpers shared by every layer: the error object and strict number parsing.
+ *
+ * Errors travel up as a negative errno return value plus a struct nv_error whose
+ * message names the file, field or offset involved. Everything here sits below
+ * fdstash/ in the layer list and calls nothing of the project. */
+#ifndef NVTPM_UTIL_H
+#define NVTPM_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define NV_ERROR_MSG_MAX 512
+
+/* The error object. code is a negative errno (0 = no error). */
+struct nv_error {
+    int code;
+    char msg[NV_ERROR_MSG_MAX];
+};
+
+#define NV_PRINTF(f, a) __attribute__((format(printf, f, a)))
+
+/* Record an error and return it. code may be given as errno or -errno; the
+ * stored and returned value is always negative. err may be NULL. */
+int nv_error_set(struct nv_error *err, int code, const char *fmt, ...) NV_PRINTF(3, 4);
+
+/* Prepend "<prefix>: " to the message already recorded; returns err->code
+ * (or -EIO when err is NULL), so callers can write return nv_error_prefix(...). */
+int nv_error_prefix(struct nv_error *err, const char *fmt, ...) NV_PRINTF(2, 3);
+
+void nv_error_clear(struct nv_error *err);
+
+/* Parse a whole string as an unsigned decimal number no greater than max.
+ * No sign, no spaces, no trailing characters. Returns 0, -EINVAL or -ERANGE. */
+int nv_parse_u64(const char *text, uint64_t max, uint64_t *out);
+
+/* Overflow-checked arithmetic: true when the result did not fit. */
+static inline bool nv_add_overflow_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return __builtin_add_overflow(a, b, out);
+}
+
+static inline bool nv_mul_overflow_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return __builtin_mul_overflow(a, b, out);
+}
+
+#endif
