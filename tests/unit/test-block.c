@@ -1,0 +1,485 @@
+/* test-block.c - cmocka tests of block/: the node API, the refcounted access
+ * lock (nesting, upgrades, deadlines) and the ownership lock's QEMU bytes. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+
+#include <cmocka.h>
+
+#include "block.h"
+#include "fdleak.h"
+#include "testutil.h"
+
+#define RW_OWNER (BDRV_O_RDWR | BDRV_O_OWNER)
+#define ACCESS BDRV_ACCESS_LOCK_BYTE
+
+static struct fdleak_snapshot suite_start;
+
+static struct bdrv_node *open_ok(const char *path, unsigned flags)
+{
+    struct nv_error err = {0};
+    struct bdrv_node *bs = bdrv_open_format("raw", path, flags, NULL, &err);
+    if (!bs)
+        fail_msg("open %s: %s", path, err.msg);
+    return bs;
+}
+
+/* ---- node API --------------------------------------------------------------- */
+
+static void raw_read_write(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 65536, 0);
+    struct bdrv_node *bs = open_ok(path, RW_OWNER);
+    assert_string_equal(bdrv_format_name(bs), "raw");
+    assert_string_equal(bdrv_filename(bs), path);
+    assert_non_null(bdrv_file_child(bs));
+    uint8_t buf[8192], back[8192];
+    memset(buf, 0x5a, sizeof(buf));
+    assert_int_equal(bdrv_pwrite(bs, 4096 + 3, buf, sizeof(buf), &err), 0);
+    assert_int_equal(bdrv_pread(bs, 4096 + 3, back, sizeof(back), &err), 0);
+    assert_memory_equal(buf, back, sizeof(buf));
+    assert_int_equal(bdrv_pread(bs, 4096 + 2, back, 1, &err), 0);
+    assert_int_equal(back[0], 0);
+    assert_int_equal(bdrv_flush(bs, &err), 0);
+    assert_int_equal(bdrv_getlength(bs, &err), 65536);
+
+    assert_int_equal(bdrv_pread(bs, 65536 - 10, back, 11, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "past the end"));
+    assert_non_null(strstr(err.msg, path));
+    assert_int_equal(bdrv_pwrite(bs, 65536, buf, 1, &err), -EINVAL);
+    assert_int_equal(bdrv_pread(bs, UINT64_MAX - 2, back, 8, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "overflows"));
+
+    assert_int_equal(bdrv_truncate(bs, 131072, &err), 0);
+    assert_int_equal(bdrv_getlength(bs, &err), 131072);
+    assert_int_equal(bdrv_pwrite(bs, 131072 - 4096, buf, 4096, &err), 0);
+    bdrv_close(bs);
+
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 131072);
+}
+
+static void open_errors(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    char missing[600];
+    snprintf(missing, sizeof(missing), "%s/does-not-exist", test_dir());
+    assert_null(bdrv_open(missing, RW_OWNER, NULL, &err));
+    assert_int_equal(err.code, -ENOENT);
+    assert_non_null(strstr(err.msg, missing));
+    assert_null(bdrv_open(test_dir(), 0, NULL, &err));
+    assert_int_equal(err.code, -EINVAL); /* a directory opens O_RDONLY, then is refused */
+    assert_non_null(strstr(err.msg, "not a regular file"));
+    assert_null(bdrv_open("", 0, NULL, &err));
+    assert_int_equal(err.code, -EINVAL);
+
+    const char *path = test_file(0, 4096, 0);
+    assert_null(bdrv_open(path, BDRV_O_OWNER, NULL, &err));
+    assert_int_equal(err.code, -EINVAL);
+    assert_null(bdrv_open_format("vmdk", path, 0, NULL, &err));
+    assert_int_equal(err.code, -ENOTSUP);
+
+    uint8_t byte = 1;
+    struct bdrv_node *ro = open_ok(path, 0);
+    assert_int_equal(bdrv_pwrite(ro, 0, &byte, 1, &err), -EBADF);
+    assert_non_null(strstr(err.msg, "read-only"));
+    assert_int_equal(bdrv_truncate(ro, 0, &err), -EBADF);
+    bdrv_close(ro);
+    struct bdrv_node *guest = open_ok(path, BDRV_O_RDWR);
+    assert_false(bdrv_is_owner(guest));
+    assert_int_equal(bdrv_pwrite(guest, 0, &byte, 1, &err), -EPERM);
+    assert_non_null(strstr(err.msg, "ownership"));
+    bdrv_close(guest);
+
+    unsigned cache = 99;
+    assert_int_equal(bdrv_parse_cache_mode("unsafe", &cache, &err), -EINVAL);
+    assert_int_equal(bdrv_parse_cache_mode("none", &cache, &err), 0);
+    assert_int_equal(cache, BDRV_O_CACHE_NONE);
+    assert_string_equal(bdrv_cache_mode_name(BDRV_O_CACHE_DIRECTSYNC), "directsync");
+}
+
+static void probe_finds_qcow2_magic(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(1, 4096, 0);
+    int fd = open(path, O_WRONLY);
+    assert_int_equal(write(fd, "QFI\xfb", 4), 4);
+    close(fd);
+    /* Probing reads the magic and picks qcow2; explicit raw opens the bytes. */
+    struct bdrv_node *bs = bdrv_open(path, 0, NULL, &err);
+    if (bs) {
+        assert_string_equal(bdrv_format_name(bs), "qcow2");
+        bdrv_close(bs);
+    } else {
+        assert_non_null(strstr(err.msg, "'qcow2'"));
+    }
+    bs = open_ok(path, 0);
+    assert_string_equal(bdrv_format_name(bs), "raw");
+    bdrv_close(bs);
+    bs = bdrv_open(test_file(2, 4096, 0), 0, NULL, &err);
+    assert_non_null(bs);
+    assert_string_equal(bdrv_format_name(bs), "raw");
+    bdrv_close(bs);
+}
+
+static void open_stashed_descriptor(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    struct fdstash stash;
+    fdstash_init(&stash);
+    const char *path = test_file(0, 8192, 0x11);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    assert_int_equal(fdstash_give(&stash, "img", fd, &err), 0);
+    struct bdrv_node *bs = bdrv_open_format("raw", "fd:img", RW_OWNER, &stash, &err);
+    assert_non_null(bs);
+    assert_int_equal(fdstash_count(&stash), 0); /* the node took it */
+    uint8_t b = 0;
+    assert_int_equal(bdrv_pread(bs, 100, &b, 1, &err), 0);
+    assert_int_equal(b, 0x11);
+    assert_true(test_lock_conflicts(path, F_WRLCK, 101));
+    bdrv_close(bs);
+    assert_false(fd_is_open(fd));
+    assert_false(test_lock_conflicts(path, F_WRLCK, 101));
+
+    assert_null(bdrv_open_format("raw", "fd:nothing", 0, &stash, &err));
+    assert_int_equal(err.code, -ENOENT);
+    assert_non_null(strstr(err.msg, "'nothing'"));
+    assert_null(bdrv_open_format("raw", "fd:img", 0, NULL, &err));
+    assert_int_equal(err.code, -EINVAL);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    assert_int_equal(fdstash_give(&stash, "ro", fd, &err), 0);
+    assert_null(bdrv_open_format("raw", "fd:ro", RW_OWNER, &stash, &err));
+    assert_int_equal(err.code, -EBADF);
+    assert_int_equal(fdstash_peek(&stash, "ro"), fd); /* refused: still the stash's */
+    fdstash_cleanup(&stash);
+}
+
+/* ---- the access lock ---------------------------------------------------------- */
+
+static void nested_shared_locks_count(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    struct bdrv_node *bs = open_ok(path, RW_OWNER);
+    for (int i = 1; i <= 3; i++) {
+        assert_int_equal(bdrv_lock(bs, BDRV_LOCK_SHARED, 0, &err), 0);
+        assert_int_equal(bdrv_lock_depth(bs), i);
+    }
+    assert_true(test_lock_conflicts(path, F_WRLCK, ACCESS));
+    assert_false(test_lock_conflicts(path, F_RDLCK, ACCESS));
+    for (int i = 2; i >= 0; i--) {
+        assert_int_equal(bdrv_unlock(bs, &err), 0);
+        assert_int_equal(bdrv_lock_depth(bs), i);
+        assert_int_equal(test_lock_conflicts(path, F_WRLCK, ACCESS), i > 0);
+    }
+    assert_int_equal(bdrv_unlock(bs, &err), -ENOLCK);
+    assert_non_null(strstr(err.msg, "not held"));
+    bdrv_close(bs);
+}
+
+static void exclusive_lock_and_nesting(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    struct bdrv_node *bs = open_ok(path, RW_OWNER);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 0, &err), 0);
+    assert_true(test_lock_conflicts(path, F_RDLCK, ACCESS));
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_SHARED, 0, &err), 0); /* covered by exclusive */
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 0, &err), 0);
+    assert_int_equal(bdrv_lock_depth(bs), 3);
+    assert_int_equal(bdrv_lock_mode(bs), BDRV_LOCK_EXCLUSIVE);
+    assert_int_equal(bdrv_unlock(bs, &err), 0);
+    assert_int_equal(bdrv_unlock(bs, &err), 0);
+    assert_true(test_lock_conflicts(path, F_RDLCK, ACCESS));
+    assert_int_equal(bdrv_unlock(bs, &err), 0);
+    assert_false(test_lock_conflicts(path, F_RDLCK, ACCESS));
+    bdrv_close(bs);
+}
+
+static void upgrade_and_back(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    struct bdrv_node *bs = open_ok(path, RW_OWNER);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_SHARED, 0, &err), 0);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 0, &err), 0);
+    assert_int_equal(bdrv_lock_mode(bs), BDRV_LOCK_EXCLUSIVE);
+    assert_int_equal(bdrv_lock_depth(bs), 2);
+    assert_true(test_lock_conflicts(path, F_RDLCK, ACCESS));
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_SHARED, 0, &err), 0); /* inside the upgrade */
+    assert_int_equal(bdrv_unlock(bs, &err), 0);
+    assert_int_equal(bdrv_lock_mode(bs), BDRV_LOCK_EXCLUSIVE);
+    assert_int_equal(bdrv_unlock(bs, &err), 0); /* the upgrade ends */
+    assert_int_equal(bdrv_lock_mode(bs), BDRV_LOCK_SHARED);
+    assert_int_equal(bdrv_lock_depth(bs), 1);
+    assert_false(test_lock_conflicts(path, F_RDLCK, ACCESS));
+    assert_true(test_lock_conflicts(path, F_WRLCK, ACCESS));
+    assert_int_equal(bdrv_unlock(bs, &err), 0);
+    assert_false(test_lock_conflicts(path, F_WRLCK, ACCESS));
+    bdrv_close(bs);
+}
+
+static void upgrade_refused_when_shared_twice(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    struct bdrv_node *bs = open_ok(path, RW_OWNER);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_SHARED, 0, &err), 0);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_SHARED, 0, &err), 0);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 0, &err), -EDEADLK);
+    assert_non_null(strstr(err.msg, "cannot upgrade"));
+    assert_int_equal(bdrv_lock_depth(bs), 2);
+    assert_int_equal(bdrv_lock_mode(bs), BDRV_LOCK_SHARED);
+    assert_false(test_lock_conflicts(path, F_RDLCK, ACCESS));
+    bdrv_close(bs);
+    /* Another process (here: another open file) holding shared blocks an
+     * upgrade until the deadline. */
+    bs = open_ok(path, RW_OWNER);
+    int other = open(path, O_RDONLY | O_CLOEXEC);
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = ACCESS, .l_len = 1};
+    assert_int_equal(fcntl(other, F_OFD_SETLK, &fl), 0);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_SHARED, 0, &err), 0);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 50, &err), -ETIMEDOUT);
+    assert_int_equal(bdrv_lock_mode(bs), BDRV_LOCK_SHARED);
+    assert_int_equal(bdrv_lock_depth(bs), 1);
+    close(other);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 0, &err), 0);
+    bdrv_close(bs);
+}
+
+static void read_only_takes_only_shared(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    struct bdrv_node *bs = open_ok(path, 0);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 0, &err), -EPERM);
+    assert_int_equal(bdrv_lock_depth(bs), 0);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_SHARED, 0, &err), 0);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 0, &err), -EPERM);
+    assert_int_equal(bdrv_lock_depth(bs), 1);
+    bdrv_close(bs);
+    assert_false(test_lock_conflicts(path, F_WRLCK, ACCESS)); /* close released it */
+}
+
+static int hold_lock_fd(const char *path, short type)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = ACCESS, .l_len = 1};
+    assert_int_equal(fcntl(fd, F_OFD_SETLK, &fl), 0);
+    return fd;
+}
+
+static void deadline_times_out_without_spinning(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    int holder = hold_lock_fd(path, F_WRLCK);
+    struct bdrv_node *bs = open_ok(path, RW_OWNER);
+
+    int64_t t0 = test_now_ms();
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_SHARED, 0, &err), -EAGAIN);
+    assert_true(test_now_ms() - t0 < 100);
+    assert_non_null(strstr(err.msg, path));
+
+    int64_t cpu0 = test_cpu_ms();
+    t0 = test_now_ms();
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 400, &err), -ETIMEDOUT);
+    int64_t waited = test_now_ms() - t0, cpu = test_cpu_ms() - cpu0;
+    print_message("waited %lld ms, used %lld ms of CPU\n", (long long)waited, (long long)cpu);
+    assert_true(waited >= 390 && waited < 3000);
+    assert_true(cpu < 100); /* slept in the kernel, did not poll */
+    assert_non_null(strstr(err.msg, "timed out"));
+    assert_int_equal(bdrv_lock_depth(bs), 0);
+    close(holder);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 400, &err), 0);
+    bdrv_close(bs);
+}
+
+/* A child holds the lock for hold_ms, then exits; the parent's wait ends then. */
+static pid_t child_holding(const char *path, short type, int hold_ms)
+{
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(path, O_RDWR);
+        struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = ACCESS, .l_len = 1};
+        if (fd < 0 || fcntl(fd, F_OFD_SETLK, &fl) < 0)
+            _exit(1);
+        if (write(ready[1], "r", 1) != 1)
+            _exit(1);
+        usleep((useconds_t)hold_ms * 1000);
+        _exit(0);
+    }
+    close(ready[1]);
+    char c;
+    assert_int_equal(read(ready[0], &c, 1), 1);
+    close(ready[0]);
+    return pid;
+}
+
+static void interrupt_handler(int sig)
+{
+    (void)sig;
+}
+
+static void wait_ends_when_holder_leaves_despite_signals(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    struct bdrv_node *bs = open_ok(path, RW_OWNER);
+
+    /* SIGALRM every 20 ms, without SA_RESTART: the wait sees EINTR and goes on. */
+    struct sigaction sa = {.sa_handler = interrupt_handler}, old;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, &old);
+    struct itimerval every = {{0, 20000}, {0, 20000}}, off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &every, NULL);
+
+    pid_t pid = child_holding(path, F_WRLCK, 250);
+    int64_t t0 = test_now_ms();
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 5000, &err), 0);
+    int64_t waited = test_now_ms() - t0;
+    assert_true(waited >= 150 && waited < 3000);
+    assert_int_equal(bdrv_unlock(bs, &err), 0);
+    waitpid(pid, NULL, 0);
+
+    pid = child_holding(path, F_RDLCK, 150);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, -1, &err), 0); /* for ever */
+    waitpid(pid, NULL, 0);
+
+    setitimer(ITIMER_REAL, &off, NULL);
+    sigaction(SIGALRM, &old, NULL);
+    bdrv_close(bs);
+}
+
+/* ---- the ownership lock --------------------------------------------------------- */
+
+static void assert_qemu_bytes(const char *path, const int *held, size_t n)
+{
+    for (int b = 100; b <= 204; b += (b == 104 ? 96 : 1)) {
+        bool want = false;
+        for (size_t i = 0; i < n; i++)
+            want |= held[i] == b;
+        if (test_lock_conflicts(path, F_WRLCK, (uint64_t)b) != want)
+            fail_msg("lock byte %d: %s", b, want ? "not held" : "held");
+        assert_false(test_lock_conflicts(path, F_RDLCK, (uint64_t)b)); /* all shared */
+    }
+}
+
+static void owner_holds_qemu_bytes(void **state)
+{
+    (void)state;
+    const char *path = test_file(0, 4096, 0);
+    const int owner[] = {100, 101, 103, 201, 203}, reader[] = {100};
+    struct bdrv_node *bs = open_ok(path, RW_OWNER);
+    assert_true(bdrv_is_owner(bs));
+    assert_qemu_bytes(path, owner, 5);
+    bdrv_close(bs);
+    assert_qemu_bytes(path, NULL, 0);
+    bs = open_ok(path, 0);
+    assert_false(bdrv_is_owner(bs));
+    assert_qemu_bytes(path, reader, 1);
+    bdrv_close(bs);
+    bs = open_ok(path, BDRV_O_RDWR);
+    assert_qemu_bytes(path, reader, 1);
+    bdrv_close(bs);
+}
+
+static void second_owner_refused(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    const int owner[] = {100, 101, 103, 201, 203};
+    struct bdrv_node *a = open_ok(path, RW_OWNER);
+    assert_null(bdrv_open_format("raw", path, RW_OWNER, NULL, &err));
+    assert_int_equal(err.code, -EBUSY);
+    assert_non_null(strstr(err.msg, path));
+    assert_non_null(strstr(err.msg, "\"write\""));
+    struct bdrv_node *reader = open_ok(path, 0); /* readers are welcome */
+    bdrv_close(reader);
+    assert_qemu_bytes(path, owner, 5);
+
+    /* Ownership handed over without closing. */
+    assert_int_equal(bdrv_set_ownership(a, false, &err), 0);
+    struct bdrv_node *b = open_ok(path, RW_OWNER);
+    assert_int_equal(bdrv_set_ownership(a, true, &err), -EBUSY);
+    assert_false(bdrv_is_owner(a));
+    uint8_t byte = 0;
+    assert_int_equal(bdrv_pwrite(a, 0, &byte, 1, &err), -EPERM);
+    assert_int_equal(bdrv_pwrite(b, 0, &byte, 1, &err), 0);
+    bdrv_close(b);
+    assert_int_equal(bdrv_set_ownership(a, true, &err), 0);
+    assert_int_equal(bdrv_pwrite(a, 0, &byte, 1, &err), 0);
+    bdrv_close(a);
+
+    struct bdrv_node *ro = open_ok(path, 0);
+    assert_int_equal(bdrv_set_ownership(ro, true, &err), -EPERM);
+    bdrv_close(ro);
+}
+
+static void no_descriptor_leaked(void **state)
+{
+    (void)state;
+    assert_int_equal(fdleak_count_new(&suite_start), 0);
+}
+
+static int suite_setup(void **state)
+{
+    (void)state;
+    fdleak_take(&suite_start);
+    return 0;
+}
+
+static int suite_teardown(void **state)
+{
+    (void)state;
+    test_dir_remove();
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(raw_read_write),
+        cmocka_unit_test(open_errors),
+        cmocka_unit_test(probe_finds_qcow2_magic),
+        cmocka_unit_test(open_stashed_descriptor),
+        cmocka_unit_test(nested_shared_locks_count),
+        cmocka_unit_test(exclusive_lock_and_nesting),
+        cmocka_unit_test(upgrade_and_back),
+        cmocka_unit_test(upgrade_refused_when_shared_twice),
+        cmocka_unit_test(read_only_takes_only_shared),
+        cmocka_unit_test(deadline_times_out_without_spinning),
+        cmocka_unit_test(wait_ends_when_holder_leaves_despite_signals),
+        cmocka_unit_test(owner_holds_qemu_bytes),
+        cmocka_unit_test(second_owner_refused),
+        cmocka_unit_test(no_descriptor_leaked),
+    };
+    return cmocka_run_group_tests_name("block", tests, suite_setup, suite_teardown);
+}
