@@ -30,8 +30,8 @@ struct bdrv_node;
 /* Open flags. Without BDRV_O_RDWR the node is read-only. */
 enum {
     BDRV_O_RDWR = 1u << 0,
-    BDRV_O_OWNER = 1u << 1,           /* hold the ownership lock (needs BDRV_O_RDWR) */
-    BDRV_O_CACHE_NONE = 1u << 2,      /* O_DIRECT: bypass the host page cache */
+    BDRV_O_OWNER = 1u << 1,            /* hold the ownership lock (needs BDRV_O_RDWR) */
+    BDRV_O_CACHE_NONE = 1u << 2,       /* O_DIRECT: bypass the host page cache */
     BDRV_O_CACHE_DIRECTSYNC = 1u << 3, /* O_DIRECT, and each write flushed before it returns */
 };
 #define BDRV_O_CACHE_MASK (BDRV_O_CACHE_NONE | BDRV_O_CACHE_DIRECTSYNC)
@@ -85,8 +85,7 @@ enum bdrv_lock_mode {
  * while held shared more than once it is an error (-EDEADLK). timeout_ms:
  * 0 tries once (-EAGAIN when busy), < 0 waits for ever, otherwise waits at most
  * that long (-ETIMEDOUT). Waiting sleeps in the kernel; EINTR is retried. */
-int bdrv_lock(struct bdrv_node *bs, enum bdrv_lock_mode mode, int timeout_ms,
-              struct nv_error *err);
+int bdrv_lock(struct bdrv_node *bs, enum bdrv_lock_mode mode, int timeout_ms, struct nv_error *err);
 /* Undo one bdrv_lock: the last unlock releases the lock, the one that ends an
  * upgrade goes back to shared. Unlocking an unlocked node is -ENOLCK. */
 int bdrv_unlock(struct bdrv_node *bs, struct nv_error *err);

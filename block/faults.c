@@ -24,7 +24,7 @@
 #include <unistd.h>
 
 #define FAULT_RULES_MAX 32
-#define WLOG_MAGIC "NVTWLOG1"
+#define WLOG_MAGIC      "NVTWLOG1"
 
 struct fault_rule {
     enum bdrv_fault_op op;
@@ -111,8 +111,10 @@ static int parse_rule(struct bdrv_faults *f, const char **pp, struct nv_error *e
         const char *key;
         enum bdrv_fault_op op;
         bool short_transfer;
-    } keys[] = {{"read", FAULT_READ, false},       {"write", FAULT_WRITE, false},
-                {"flush", FAULT_FLUSH, false},     {"short-read", FAULT_READ, true},
+    } keys[] = {{"read", FAULT_READ, false},
+                {"write", FAULT_WRITE, false},
+                {"flush", FAULT_FLUSH, false},
+                {"short-read", FAULT_READ, true},
                 {"short-write", FAULT_WRITE, true}};
     const char *p = *pp;
     size_t key_len = strcspn(p, "=,:");
@@ -301,9 +303,11 @@ int bdrv_wlog_load(const char *path, struct bdrv_wlog *log, struct nv_error *err
             }
             log->records = grown;
         }
-        log->records[log->count++] = (struct bdrv_wlog_record){
-            .kind = h.kind, .offset = h.offset, .length = h.length,
-            .data = log->buffer + pos + sizeof(h)};
+        log->records[log->count++] =
+            (struct bdrv_wlog_record){.kind = h.kind,
+                                      .offset = h.offset,
+                                      .length = h.length,
+                                      .data = log->buffer + pos + sizeof(h)};
         pos += sizeof(h) + h.length;
     }
     return 0;

@@ -19,9 +19,9 @@
 
 struct file_state {
     int fd;
-    int new_fd;           /* opened by reopen_prepare, not yet committed */
-    char *path;           /* NULL when opened from a stashed descriptor */
-    char stash_name[64];  /* where reopen keeps the old descriptor */
+    int new_fd;          /* opened by reopen_prepare, not yet committed */
+    char *path;          /* NULL when opened from a stashed descriptor */
+    char stash_name[64]; /* where reopen keeps the old descriptor */
     dev_t dev;
     ino_t ino;
     struct bdrv_faults *faults;
@@ -91,8 +91,8 @@ static int open_stashed(struct bdrv_node *bs, const char *name, struct nv_error 
                             bs->filename);
     int fd = fdstash_peek(bs->stash, name);
     if (fd < 0)
-        return nv_error_set(err, -ENOENT, "%s: no descriptor named '%s' in the stash",
-                            bs->filename, name);
+        return nv_error_set(err, -ENOENT, "%s: no descriptor named '%s' in the stash", bs->filename,
+                            name);
     int r = check_descriptor(bs, fd, err);
     if (r == 0 && (r = set_direct(fd, bs->flags & BDRV_O_CACHE_MASK)) < 0)
         r = open_error(bs->filename, bs->flags, -r, err);
@@ -354,8 +354,7 @@ static int reopen_open(struct bdrv_node *bs, struct fdstash *stash, unsigned new
     struct stat st;
     if (fstat(fd, &st) < 0 || st.st_dev != s->dev || st.st_ino != s->ino) {
         close(fd);
-        return nv_error_set(err, -ESTALE, "%s: the name now refers to another file",
-                            bs->filename);
+        return nv_error_set(err, -ESTALE, "%s: the name now refers to another file", bs->filename);
     }
     return fd;
 }
@@ -396,11 +395,10 @@ static void file_reopen_abort(struct bdrv_node *bs, struct fdstash *stash)
 
 #define FILE_DRIVER_OPS                                                                            \
     .is_protocol = true, .state_size = sizeof(struct file_state), .close = file_close,             \
-    .pread = file_pread, .pwrite = file_pwrite, .flush = file_flush,                               \
-    .getlength = file_getlength, .truncate = file_truncate, .lock_fd = file_lock_fd,               \
-    .set_cache = file_set_cache, .extract_fds = file_extract_fds,                                  \
-    .reopen_prepare = file_reopen_prepare, .reopen_commit = file_reopen_commit,                    \
-    .reopen_abort = file_reopen_abort
+    .pread = file_pread, .pwrite = file_pwrite, .flush = file_flush, .getlength = file_getlength,  \
+    .truncate = file_truncate, .lock_fd = file_lock_fd, .set_cache = file_set_cache,               \
+    .extract_fds = file_extract_fds, .reopen_prepare = file_reopen_prepare,                        \
+    .reopen_commit = file_reopen_commit, .reopen_abort = file_reopen_abort
 
 const struct bdrv_driver bdrv_file = {.name = "file", .open = file_open, FILE_DRIVER_OPS};
 const struct bdrv_driver bdrv_faults = {.name = "faults", .open = faults_open, FILE_DRIVER_OPS};

@@ -88,8 +88,8 @@ void bdrv_qemu_lock_set(bool owner, unsigned *perm, unsigned *unshare);
  * ours_unshare are held by another description of this same node (during a
  * reopen) and do not count as conflicts. On failure fd holds what it held. */
 int bdrv_qemu_lock_apply(int fd, const char *filename, unsigned held_perm, unsigned held_unshare,
-                         unsigned perm, unsigned unshare, unsigned ours_perm,
-                         unsigned ours_unshare, struct nv_error *err);
+                         unsigned perm, unsigned unshare, unsigned ours_perm, unsigned ours_unshare,
+                         struct nv_error *err);
 
 /* Take an OFD lock (F_RDLCK, F_WRLCK or F_UNLCK) on one byte range of fd,
  * waiting at most timeout_ms (0: once, < 0: for ever). */

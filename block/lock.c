@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #define BDRV_LOCK_SIGNAL (SIGRTMIN + 5)
-#define QEMU_PERM_BYTE 100
-#define QEMU_SHARE_BYTE 200
+#define QEMU_PERM_BYTE   100
+#define QEMU_SHARE_BYTE  200
 
 static const char *const qemu_perm_names[QEMU_PERM_COUNT] = {
     "consistent read", "write", "write unchanged", "resize", "change children"};
@@ -27,8 +27,11 @@ static const char *const qemu_perm_names[QEMU_PERM_COUNT] = {
 
 static int ofd_fcntl(int fd, int cmd, short type, uint64_t start, uint64_t len)
 {
-    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = (off_t)start,
-                       .l_len = (off_t)len, .l_pid = 0};
+    struct flock fl = {.l_type = type,
+                       .l_whence = SEEK_SET,
+                       .l_start = (off_t)start,
+                       .l_len = (off_t)len,
+                       .l_pid = 0};
     return fcntl(fd, cmd, &fl);
 }
 
@@ -209,8 +212,8 @@ static int check_conflicts(int fd, const char *filename, unsigned new_perm, unsi
 }
 
 int bdrv_qemu_lock_apply(int fd, const char *filename, unsigned held_perm, unsigned held_unshare,
-                         unsigned perm, unsigned unshare, unsigned ours_perm,
-                         unsigned ours_unshare, struct nv_error *err)
+                         unsigned perm, unsigned unshare, unsigned ours_perm, unsigned ours_unshare,
+                         struct nv_error *err)
 {
     unsigned add_perm = perm & ~held_perm, add_unshare = unshare & ~held_unshare;
     int r = set_bytes(fd, QEMU_PERM_BYTE, add_perm, F_RDLCK);
@@ -283,8 +286,7 @@ static int access_lock(struct bdrv_node *leaf, short type, int timeout_ms, struc
     return 0;
 }
 
-int bdrv_lock(struct bdrv_node *bs, enum bdrv_lock_mode mode, int timeout_ms,
-              struct nv_error *err)
+int bdrv_lock(struct bdrv_node *bs, enum bdrv_lock_mode mode, int timeout_ms, struct nv_error *err)
 {
     struct bdrv_node *leaf = bdrv_leaf(bs);
     struct bdrv_locks *l = &leaf->locks;

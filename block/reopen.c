@@ -54,8 +54,7 @@ static int reopen_descriptors(struct bdrv_node *bs, struct fdstash *stash, unsig
         return r;
     }
     leaf->drv->reopen_commit(leaf, stash);
-    bdrv_qemu_lock_set(new_flags & BDRV_O_OWNER, &leaf->locks.qemu_perm,
-                       &leaf->locks.qemu_unshare);
+    bdrv_qemu_lock_set(new_flags & BDRV_O_OWNER, &leaf->locks.qemu_perm, &leaf->locks.qemu_unshare);
     set_graph_flags(bs, new_flags);
     return 0;
 }
@@ -70,8 +69,7 @@ int bdrv_reopen(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err)
         return 0;
     if (!((new_flags ^ old_flags) & BDRV_O_RDWR))
         return reopen_in_place(bs, new_flags, err);
-    if (!(new_flags & BDRV_O_RDWR) && leaf->locks.depth &&
-        leaf->locks.mode == BDRV_LOCK_EXCLUSIVE)
+    if (!(new_flags & BDRV_O_RDWR) && leaf->locks.depth && leaf->locks.mode == BDRV_LOCK_EXCLUSIVE)
         return nv_error_set(err, -EBUSY,
                             "%s: cannot reopen read-only while holding the exclusive access lock",
                             bs->filename);
@@ -86,7 +84,7 @@ int bdrv_reopen(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err)
     if (stash == &local)
         fdstash_cleanup(&local);
     if (r < 0)
-        return nv_error_prefix(err, "reopen %s failed, still open %s", access_name(new_flags),
+        return nv_error_append(err, "(reopen %s failed; still open %s)", access_name(new_flags),
                                access_name(old_flags));
     return 0;
 }

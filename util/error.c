@@ -45,6 +45,22 @@ int nv_error_prefix(struct nv_error *err, const char *fmt, ...)
     return err->code;
 }
 
+int nv_error_append(struct nv_error *err, const char *fmt, ...)
+{
+    if (!err)
+        return -EIO;
+    size_t used = strlen(err->msg);
+    if (used + 1 < sizeof(err->msg)) {
+        err->msg[used] = ' ';
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg + used + 1, sizeof(err->msg) - used - 1, fmt, ap);
+        va_end(ap);
+    }
+    err->code = normalise_code(err->code);
+    return err->code;
+}
+
 void nv_error_clear(struct nv_error *err)
 {
     if (err) {

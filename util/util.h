@@ -28,6 +28,9 @@ int nv_error_set(struct nv_error *err, int code, const char *fmt, ...) NV_PRINTF
  * (or -EIO when err is NULL), so callers can write return nv_error_prefix(...). */
 int nv_error_prefix(struct nv_error *err, const char *fmt, ...) NV_PRINTF(2, 3);
 
+/* Append " <suffix>" to the message already recorded; returns like nv_error_prefix. */
+int nv_error_append(struct nv_error *err, const char *fmt, ...) NV_PRINTF(2, 3);
+
 void nv_error_clear(struct nv_error *err);
 
 /* Parse a whole string as an unsigned decimal number no greater than max.

@@ -17,7 +17,7 @@
 #include "block.h"
 
 #define MAX_COMMANDS 256
-#define MAX_ARGS 8
+#define MAX_ARGS     8
 
 static const char usage[] =
     "Usage: nvtpm-io [-f raw|qcow2] [-r] [--cache MODE] [--fd NAME=N] -c CMD [-c CMD ...] SPEC\n"
@@ -120,8 +120,9 @@ static int cmd_read(struct tool *t, int argc, char **argv)
     int r = bdrv_pread(t->bs, off, buf, (size_t)len, &t->err);
     for (uint64_t i = 0; r == 0 && pattern >= 0 && i < len; i++)
         if (buf[i] != pattern)
-            r = nv_error_set(&t->err, -EILSEQ, "pattern verification failed at offset %llu: "
-                                               "0x%02x, expected 0x%02x",
+            r = nv_error_set(&t->err, -EILSEQ,
+                             "pattern verification failed at offset %llu: "
+                             "0x%02x, expected 0x%02x",
                              (unsigned long long)(off + i), buf[i], pattern);
     free(buf);
     if (r == 0)

@@ -20,7 +20,7 @@
 #include "testutil.h"
 
 #define RW_OWNER (BDRV_O_RDWR | BDRV_O_OWNER)
-#define ACCESS BDRV_ACCESS_LOCK_BYTE
+#define ACCESS   BDRV_ACCESS_LOCK_BYTE
 
 static struct fdleak_snapshot suite_start;
 

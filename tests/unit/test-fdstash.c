@@ -571,6 +571,8 @@ static void error_object(void **state)
     assert_int_equal(err.code, -EIO);
     assert_int_equal(nv_error_prefix(&err, "image %s", "a.qcow2"), -EIO);
     assert_string_equal(err.msg, "image a.qcow2: read x");
+    assert_int_equal(nv_error_append(&err, "(%d)", 7), -EIO);
+    assert_string_equal(err.msg, "image a.qcow2: read x (7)");
     assert_int_equal(nv_error_set(NULL, -ENOENT, "ignored"), -ENOENT);
     nv_error_clear(&err);
     assert_int_equal(err.code, 0);

@@ -35,7 +35,7 @@ bool test_lock_conflicts_fd(int fd, short type, uint64_t byte);
 #define CHILD_CHECK(cond)                                                                          \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "child check failed at %s:%d: %s\n", __FILE__, __LINE__, #cond);      \
+            fprintf(stderr, "child check failed at %s:%d: %s\n", __FILE__, __LINE__, #cond);       \
             _exit(10);                                                                             \
         }                                                                                          \
     } while (0)

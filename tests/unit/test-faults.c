@@ -1,0 +1,205 @@
+/* test-faults.c - cmocka tests of the fault-injection driver: rule syntax,
+ * failing and short requests, EINTR, and the write log with its replay. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cmocka.h>
+
+#include "block.h"
+#include "fdleak.h"
+#include "testutil.h"
+
+#define RW_OWNER (BDRV_O_RDWR | BDRV_O_OWNER)
+
+static struct fdleak_snapshot suite_start;
+
+static struct bdrv_node *open_faults(const char *rules, const char *path)
+{
+    char spec[1400];
+    struct nv_error err = {0};
+    snprintf(spec, sizeof(spec), "faults:%s:%s", rules, path);
+    struct bdrv_node *bs = bdrv_open_format("raw", spec, RW_OWNER, NULL, &err);
+    if (!bs)
+        fail_msg("open %s: %s", spec, err.msg);
+    assert_string_equal(bdrv_filename(bs), path);
+    return bs;
+}
+
+static void bad_rules_refused(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    const char *bad[] = {"bogus=1", "write=0",   "write=x", "write",        "write=1;EIO",
+                         "read=-1", "flush=1+2", "log=",    "short-write=0"};
+    char spec[1400];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(spec, sizeof(spec), "faults:%s:%s", bad[i], path);
+        nv_error_clear(&err);
+        assert_null(bdrv_open_format("raw", spec, RW_OWNER, NULL, &err));
+        assert_int_equal(err.code, -EINVAL);
+        assert_non_null(strstr(err.msg, "faults"));
+    }
+    assert_null(bdrv_open_format("raw", "faults:write=1", RW_OWNER, NULL, &err));
+    assert_null(bdrv_open_format("raw", "faults:write=1:EIO", RW_OWNER, NULL, &err));
+    assert_non_null(strstr(err.msg, "expected ':' and the image"));
+    /* An unknown errno name is not a rule's errno, so it is the start of the path. */
+    snprintf(spec, sizeof(spec), "faults:write=1:EWHATEVER%s", path);
+    assert_null(bdrv_open_format("raw", spec, RW_OWNER, NULL, &err));
+    assert_int_equal(err.code, -ENOENT);
+}
+
+static void nth_write_fails(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    struct bdrv_node *bs = open_faults("write=2:ENOSPC,write=4+", path);
+    uint8_t b = 1;
+    assert_int_equal(bdrv_pwrite(bs, 0, &b, 1, &err), 0);
+    assert_int_equal(bdrv_pwrite(bs, 1, &b, 1, &err), -ENOSPC);
+    assert_non_null(strstr(err.msg, "at offset 1"));
+    assert_int_equal(bdrv_pwrite(bs, 2, &b, 1, &err), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(bdrv_pwrite(bs, 3, &b, 1, &err), -EIO);
+    uint8_t back[4];
+    assert_int_equal(bdrv_pread(bs, 0, back, 4, &err), 0);
+    assert_memory_equal(back, "\1\0\1\0", 4); /* failed writes wrote nothing */
+    bdrv_close(bs);
+}
+
+static void nth_flush_and_read_fail(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0x21);
+    struct bdrv_node *bs = open_faults("flush=1:EIO,read=2:EACCES", path);
+    uint8_t b;
+    assert_int_equal(bdrv_flush(bs, &err), -EIO);
+    assert_non_null(strstr(err.msg, "flush failed"));
+    assert_int_equal(bdrv_flush(bs, &err), 0);
+    assert_int_equal(bdrv_pread(bs, 0, &b, 1, &err), 0);
+    assert_int_equal(bdrv_pread(bs, 0, &b, 1, &err), -EACCES);
+    assert_int_equal(bdrv_pread(bs, 0, &b, 1, &err), 0);
+    assert_int_equal(b, 0x21);
+    bdrv_close(bs);
+}
+
+static void eintr_and_short_transfers_complete(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 65536, 0);
+    struct bdrv_node *bs =
+        open_faults("write=1:EINTR,short-write=2+,short-read=1+,read=2:EINTR,flush=1:EINTR", path);
+    uint8_t data[10000], back[10000];
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (uint8_t)(i * 7);
+    assert_int_equal(bdrv_pwrite(bs, 100, data, sizeof(data), &err), 0);
+    assert_int_equal(bdrv_pwrite(bs, 20000, data, sizeof(data), &err), 0);
+    assert_int_equal(bdrv_flush(bs, &err), 0);
+    assert_int_equal(bdrv_pread(bs, 100, back, sizeof(back), &err), 0);
+    assert_memory_equal(back, data, sizeof(data));
+    assert_int_equal(bdrv_pread(bs, 20000, back, sizeof(back), &err), 0);
+    assert_memory_equal(back, data, sizeof(data));
+    bdrv_close(bs);
+}
+
+static void write_log_records_and_replays(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    char log_path[700], rules[800];
+    const char *base = test_file(1, 32768, 0); /* the image before the workload */
+    const char *path = test_file(0, 32768, 0); /* the image the workload writes */
+    const char *copy = test_file(2, 32768, 0); /* the replay target */
+    snprintf(log_path, sizeof(log_path), "%s/wlog", test_dir());
+    snprintf(rules, sizeof(rules), "log=%s,short-write=3", log_path);
+    (void)base;
+    struct bdrv_node *bs = open_faults(rules, path);
+    uint8_t a[100], b[3000];
+    memset(a, 0xaa, sizeof(a));
+    memset(b, 0xbb, sizeof(b));
+    assert_int_equal(bdrv_pwrite(bs, 10, a, sizeof(a), &err), 0);
+    assert_int_equal(bdrv_flush(bs, &err), 0);
+    assert_int_equal(bdrv_pwrite(bs, 5000, b, sizeof(b), &err), 0);
+    assert_int_equal(bdrv_pwrite(bs, 9000, b, sizeof(b), &err), 0); /* short: two records */
+    bdrv_close(bs);
+
+    struct bdrv_wlog log;
+    assert_int_equal(bdrv_wlog_load(log_path, &log, &err), 0);
+    assert_int_equal(log.count, 5);
+    assert_int_equal(log.records[0].kind, BDRV_WLOG_WRITE);
+    assert_int_equal(log.records[0].offset, 10);
+    assert_int_equal(log.records[0].length, 100);
+    assert_memory_equal(log.records[0].data, a, 100);
+    assert_int_equal(log.records[1].kind, BDRV_WLOG_FLUSH);
+    assert_int_equal(log.records[3].offset, 9000);
+    assert_int_equal(log.records[3].length, 1500);
+    assert_int_equal(log.records[4].offset, 10500);
+    assert_int_equal(log.records[4].length, 1500);
+
+    /* Replaying every record onto a copy of the old image gives the new one. */
+    int fd = open(copy, O_RDWR | O_CLOEXEC);
+    for (size_t i = 0; i < log.count; i++)
+        assert_int_equal(bdrv_wlog_apply(&log.records[i], fd, &err), 0);
+    close(fd);
+    bdrv_wlog_free(&log);
+    char cmd[1500];
+    snprintf(cmd, sizeof(cmd), "cmp -s '%s' '%s'", copy, path);
+    assert_int_equal(system(cmd), 0);
+
+    /* A record cut short at the end (the writer died) is dropped. */
+    struct stat st;
+    assert_int_equal(stat(log_path, &st), 0);
+    assert_int_equal(truncate(log_path, st.st_size - 1), 0);
+    assert_int_equal(bdrv_wlog_load(log_path, &log, &err), 0);
+    assert_int_equal(log.count, 4);
+    bdrv_wlog_free(&log);
+    /* Garbage is refused. */
+    fd = open(log_path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+    assert_int_equal(write(fd, "NOTALOG!xxxxxxxxxxxxxxxx", 24), 24);
+    close(fd);
+    assert_int_equal(bdrv_wlog_load(log_path, &log, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "not a write log"));
+}
+
+static void no_descriptor_leaked(void **state)
+{
+    (void)state;
+    assert_int_equal(fdleak_count_new(&suite_start), 0);
+}
+
+static int suite_setup(void **state)
+{
+    (void)state;
+    fdleak_take(&suite_start);
+    return 0;
+}
+
+static int suite_teardown(void **state)
+{
+    (void)state;
+    test_dir_remove();
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bad_rules_refused),
+        cmocka_unit_test(nth_write_fails),
+        cmocka_unit_test(nth_flush_and_read_fail),
+        cmocka_unit_test(eintr_and_short_transfers_complete),
+        cmocka_unit_test(write_log_records_and_replays),
+        cmocka_unit_test(no_descriptor_leaked),
+    };
+    return cmocka_run_group_tests_name("faults", tests, suite_setup, suite_teardown);
+}
