@@ -72,6 +72,37 @@ int bdrv_flush(struct bdrv_node *bs, struct nv_error *err);
 int64_t bdrv_getlength(struct bdrv_node *bs, struct nv_error *err);
 int bdrv_truncate(struct bdrv_node *bs, uint64_t length, struct nv_error *err);
 
+/* Write zeros; formats that can (qcow2 v3) mark whole clusters as zero. */
+int bdrv_pwrite_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err);
+
+/* ---- creating and checking images ----------------------------------------- */
+
+struct bdrv_create_opts {
+    uint64_t size;         /* virtual size in bytes */
+    uint32_t cluster_size; /* qcow2: a power of two, 512 B to 2 MiB; 0 = 64 KiB */
+    int version;           /* qcow2: 2 or 3; 0 = 3 */
+    unsigned mode;         /* permissions of the new file; 0 = 0600 */
+};
+
+/* Create a new image file of the format ("qcow2" or "raw"). An existing
+ * file is never overwritten (-EEXIST). */
+int bdrv_create(const char *format, const char *path, const struct bdrv_create_opts *opts,
+                struct nv_error *err);
+
+struct bdrv_check_result {
+    uint64_t corruptions; /* refcounts too low, bad offsets, wrong COPIED flags, ... */
+    uint64_t leaks;       /* clusters whose refcount exceeds their uses */
+    uint64_t leaks_fixed;
+    uint64_t image_end;      /* end of the last host cluster in use */
+    char first_problem[256]; /* what the first problem found was */
+};
+
+/* Check the image's metadata like `qemu-img check`; with repair_leaks, lower
+ * the refcounts of leaked clusters (needs ownership). Formats without
+ * metadata report nothing. */
+int bdrv_check(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,
+               struct nv_error *err);
+
 /* ---- the access lock ------------------------------------------------------ */
 
 enum bdrv_lock_mode {
@@ -115,6 +146,7 @@ int bdrv_reopen(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err);
 enum bdrv_wlog_kind {
     BDRV_WLOG_WRITE = 1,
     BDRV_WLOG_FLUSH = 2,
+    BDRV_WLOG_FAULT = 3, /* a fault was injected; offset: 0 read, 1 write, 2 flush */
 };
 
 struct bdrv_wlog_record {

@@ -191,6 +191,9 @@ void bdrv_faults_free(struct bdrv_faults *f)
     free(f);
 }
 
+static void log_record(struct bdrv_faults *f, uint32_t kind, uint64_t offset, const void *buf,
+                       size_t len);
+
 struct bdrv_fault_action bdrv_faults_next(struct bdrv_faults *f, enum bdrv_fault_op op)
 {
     struct bdrv_fault_action act = {0, false};
@@ -204,6 +207,8 @@ struct bdrv_fault_action bdrv_faults_next(struct bdrv_faults *f, enum bdrv_fault
         else
             act.error = r->error;
     }
+    if (act.error || act.short_once)
+        log_record(f, BDRV_WLOG_FAULT, (uint64_t)op, NULL, 0);
     return act;
 }
 
@@ -287,8 +292,8 @@ int bdrv_wlog_load(const char *path, struct bdrv_wlog *log, struct nv_error *err
     for (size_t pos = 8; size - pos >= sizeof(struct wlog_header);) {
         struct wlog_header h;
         memcpy(&h, log->buffer + pos, sizeof(h));
-        if ((h.kind != BDRV_WLOG_WRITE && h.kind != BDRV_WLOG_FLUSH) ||
-            (h.kind == BDRV_WLOG_FLUSH && h.length)) {
+        if ((h.kind != BDRV_WLOG_WRITE && h.kind != BDRV_WLOG_FLUSH && h.kind != BDRV_WLOG_FAULT) ||
+            (h.kind != BDRV_WLOG_WRITE && h.length)) {
             bdrv_wlog_free(log);
             return nv_error_set(err, -EINVAL, "%s: bad record at offset %zu", path, pos);
         }

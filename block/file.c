@@ -22,6 +22,8 @@ struct file_state {
     int new_fd;          /* opened by reopen_prepare, not yet committed */
     char *path;          /* NULL when opened from a stashed descriptor */
     char stash_name[64]; /* where reopen keeps the old descriptor */
+    char *borrowed;      /* fd:NAME still owned by the stash until the open completes */
+    int borrowed_flags;  /* its F_GETFL flags, restored if the open fails */
     dev_t dev;
     ino_t ino;
     struct bdrv_faults *faults;
@@ -32,9 +34,11 @@ static struct file_state *state(struct bdrv_node *bs)
     return bs->opaque;
 }
 
+/* O_NONBLOCK so that a FIFO in the image's place cannot hang the open; it is
+ * cleared once the descriptor is known to be a file. */
 static int open_mode(unsigned flags)
 {
-    int mode = (flags & BDRV_O_RDWR) ? O_RDWR : O_RDONLY;
+    int mode = ((flags & BDRV_O_RDWR) ? O_RDWR : O_RDONLY) | O_NONBLOCK;
     if (flags & BDRV_O_CACHE_MASK)
         mode |= O_DIRECT;
     return mode | O_CLOEXEC | O_NOCTTY;
@@ -60,7 +64,10 @@ static int check_descriptor(struct bdrv_node *bs, int fd, struct nv_error *err)
         return nv_error_set(err, -errno, "%s: %s", bs->filename, strerror(errno));
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
         return nv_error_set(err, -EINVAL, "%s: not a regular file or block device", bs->filename);
-    int acc = fcntl(fd, F_GETFL) & O_ACCMODE;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || ((fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0))
+        return nv_error_set(err, -errno, "%s: %s", bs->filename, strerror(errno));
+    int acc = fl & O_ACCMODE;
     if ((bs->flags & BDRV_O_RDWR) && acc != O_RDWR)
         return nv_error_set(err, -EBADF, "%s: descriptor is not open for reading and writing",
                             bs->filename);
@@ -82,8 +89,9 @@ static int set_direct(int fd, bool direct)
     return 0;
 }
 
-/* fd:NAME takes the named descriptor out of the stash: the node owns it, so
- * that closing the node drops its locks. */
+/* fd:NAME uses the named descriptor; once the whole graph has opened, the
+ * node takes it out of the stash and owns it, so that closing the node drops
+ * its locks. If the open fails, the descriptor stays in the stash as it was. */
 static int open_stashed(struct bdrv_node *bs, const char *name, struct nv_error *err)
 {
     if (!bs->stash)
@@ -93,13 +101,42 @@ static int open_stashed(struct bdrv_node *bs, const char *name, struct nv_error 
     if (fd < 0)
         return nv_error_set(err, -ENOENT, "%s: no descriptor named '%s' in the stash", bs->filename,
                             name);
+    struct file_state *s = state(bs);
+    s->borrowed_flags = fcntl(fd, F_GETFL);
     int r = check_descriptor(bs, fd, err);
     if (r == 0 && (r = set_direct(fd, bs->flags & BDRV_O_CACHE_MASK)) < 0)
         r = open_error(bs->filename, bs->flags, -r, err);
-    if (r < 0)
+    if (r == 0 && !(s->borrowed = strdup(name)))
+        r = nv_error_set(err, -ENOMEM, "out of memory");
+    if (r < 0) {
+        fcntl(fd, F_SETFL, s->borrowed_flags);
         return r;
-    state(bs)->fd = fdstash_take(bs->stash, name);
+    }
+    s->fd = fd;
     return 0;
+}
+
+static void file_open_done(struct bdrv_node *bs)
+{
+    struct file_state *s = state(bs);
+    if (s->borrowed) {
+        fdstash_take(bs->stash, s->borrowed); /* it is s->fd: ours now */
+        free(s->borrowed);
+        s->borrowed = NULL;
+    }
+}
+
+/* A failed open gives a borrowed descriptor back as it found it. */
+static void give_back(struct bdrv_node *bs)
+{
+    struct file_state *s = state(bs);
+    bdrv_ofd_lock(s->fd, F_UNLCK, 100, 5, 0);
+    bdrv_ofd_lock(s->fd, F_UNLCK, 200, 5, 0);
+    bdrv_ofd_lock(s->fd, F_UNLCK, BDRV_ACCESS_LOCK_BYTE, 1, 0);
+    fcntl(s->fd, F_SETFL, s->borrowed_flags);
+    free(s->borrowed);
+    s->borrowed = NULL;
+    s->fd = -1;
 }
 
 static int open_path(struct bdrv_node *bs, const char *path, struct nv_error *err)
@@ -160,6 +197,8 @@ static int faults_open(struct bdrv_node *bs, const char *spec, struct nv_error *
 static void file_close(struct bdrv_node *bs)
 {
     struct file_state *s = state(bs);
+    if (s->borrowed)
+        give_back(bs);
     if (s->fd >= 0)
         close(s->fd);
     if (s->new_fd >= 0)
@@ -273,6 +312,12 @@ static int file_flush(struct bdrv_node *bs, struct nv_error *err)
                             strerror(act.error));
     int r;
     do {
+        if (act.error == EINTR) { /* the injected interruption: one attempt lost */
+            act.error = 0;
+            r = -1;
+            errno = EINTR;
+            continue;
+        }
         r = fdatasync(s->fd);
     } while (r < 0 && errno == EINTR);
     if (r < 0)
@@ -326,7 +371,7 @@ static int file_extract_fds(struct bdrv_node *bs, struct fdstash *stash, struct 
     struct file_state *s = state(bs);
     int copy = fdstash_dup(s->fd, err);
     if (copy < 0)
-        return nv_error_prefix(err, "%s", bs->filename);
+        return nv_error_prefix(err, copy, "%s", bs->filename);
     int r = fdstash_give(stash, s->stash_name, copy, err);
     if (r < 0)
         return r;
@@ -355,6 +400,12 @@ static int reopen_open(struct bdrv_node *bs, struct fdstash *stash, unsigned new
     if (fstat(fd, &st) < 0 || st.st_dev != s->dev || st.st_ino != s->ino) {
         close(fd);
         return nv_error_set(err, -ESTALE, "%s: the name now refers to another file", bs->filename);
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        int e = errno;
+        close(fd);
+        return nv_error_set(err, -e, "%s: %s", bs->filename, strerror(e));
     }
     return fd;
 }
@@ -397,8 +448,9 @@ static void file_reopen_abort(struct bdrv_node *bs, struct fdstash *stash)
     .is_protocol = true, .state_size = sizeof(struct file_state), .close = file_close,             \
     .pread = file_pread, .pwrite = file_pwrite, .flush = file_flush, .getlength = file_getlength,  \
     .truncate = file_truncate, .lock_fd = file_lock_fd, .set_cache = file_set_cache,               \
-    .extract_fds = file_extract_fds, .reopen_prepare = file_reopen_prepare,                        \
-    .reopen_commit = file_reopen_commit, .reopen_abort = file_reopen_abort
+    .open_done = file_open_done, .extract_fds = file_extract_fds,                                  \
+    .reopen_prepare = file_reopen_prepare, .reopen_commit = file_reopen_commit,                    \
+    .reopen_abort = file_reopen_abort
 
 const struct bdrv_driver bdrv_file = {.name = "file", .open = file_open, FILE_DRIVER_OPS};
 const struct bdrv_driver bdrv_faults = {.name = "faults", .open = faults_open, FILE_DRIVER_OPS};

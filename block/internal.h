@@ -24,10 +24,16 @@ struct bdrv_driver {
     int (*flush)(struct bdrv_node *bs, struct nv_error *err);
     int64_t (*getlength)(struct bdrv_node *bs, struct nv_error *err);
     int (*truncate)(struct bdrv_node *bs, uint64_t length, struct nv_error *err);
+    int (*pwrite_zeroes)(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err);
+    int (*check)(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,
+                 struct nv_error *err);
+    int (*create)(const char *path, const struct bdrv_create_opts *opts, struct nv_error *err);
 
     /* Lock hook (protocol): the descriptor whose open file description
      * carries this node's OFD locks. */
     int (*lock_fd)(struct bdrv_node *bs);
+    /* Called on the protocol node once the whole graph opened (protocol). */
+    void (*open_done)(struct bdrv_node *bs);
 
     /* Reopen hooks (protocol). set_cache changes what F_SETFL can change. */
     int (*set_cache)(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err);
@@ -64,6 +70,7 @@ struct bdrv_node {
 extern const struct bdrv_driver bdrv_file;
 extern const struct bdrv_driver bdrv_faults;
 extern const struct bdrv_driver bdrv_raw;
+extern const struct bdrv_driver bdrv_qcow2;
 
 /* The protocol node under bs (bs itself for a protocol node). */
 struct bdrv_node *bdrv_leaf(const struct bdrv_node *bs);

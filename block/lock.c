@@ -17,8 +17,11 @@
 #include <unistd.h>
 
 #define BDRV_LOCK_SIGNAL (SIGRTMIN + 5)
-#define QEMU_PERM_BYTE   100
-#define QEMU_SHARE_BYTE  200
+/* Returned by the waiting code when the deadline timer cannot be armed, so
+ * that it is not mistaken for contention. */
+#define TIMER_FAILED    (-ETIME)
+#define QEMU_PERM_BYTE  100
+#define QEMU_SHARE_BYTE 200
 
 static const char *const qemu_perm_names[QEMU_PERM_COUNT] = {
     "consistent read", "write", "write unchanged", "resize", "change children"};
@@ -100,7 +103,7 @@ static int wait_with_deadline(int fd, short type, uint64_t start, uint64_t len, 
     int ret = arm_timer(&timer, timeout_ms);
     if (ret < 0) {
         pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
-        return ret;
+        return TIMER_FAILED;
     }
     int64_t deadline = now_ms() + timeout_ms;
     for (;;) {
@@ -277,6 +280,9 @@ bool bdrv_is_owner(const struct bdrv_node *bs)
 static int access_lock(struct bdrv_node *leaf, short type, int timeout_ms, struct nv_error *err)
 {
     int r = bdrv_ofd_lock(leaf->drv->lock_fd(leaf), type, BDRV_ACCESS_LOCK_BYTE, 1, timeout_ms);
+    if (r == TIMER_FAILED)
+        return nv_error_set(err, r, "%s: cannot arm the timer for the access lock's deadline",
+                            leaf->filename);
     if (r == -EAGAIN || r == -ETIMEDOUT)
         return nv_error_set(err, r, "%s: the %s access lock is held by another process%s",
                             leaf->filename, type == F_WRLCK ? "exclusive" : "shared",
@@ -307,6 +313,11 @@ int bdrv_lock(struct bdrv_node *bs, enum bdrv_lock_mode mode, int timeout_ms, st
         l->depth++;
         return 0;
     }
+    if (timeout_ms < 0)
+        return nv_error_set(err, -EINVAL,
+                            "%s: an upgrade to the exclusive access lock needs a timeout: two "
+                            "processes upgrading at once would wait for each other for ever",
+                            leaf->filename);
     if (l->depth > 1)
         return nv_error_set(err, -EDEADLK,
                             "%s: cannot upgrade the access lock to exclusive: it is held shared "

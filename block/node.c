@@ -107,8 +107,12 @@ struct bdrv_node *bdrv_open_format(const char *format, const char *spec, unsigne
         return NULL;
     }
     struct bdrv_node *bs = node_open(drv, NULL, file, flags, stash, err);
-    if (!bs)
+    if (!bs) {
         bdrv_close(file);
+        return NULL;
+    }
+    if (file->drv->open_done)
+        file->drv->open_done(file);
     return bs;
 }
 

@@ -26,16 +26,16 @@ static int reopen_in_place(struct bdrv_node *bs, unsigned new_flags, struct nv_e
     struct bdrv_node *leaf = bdrv_leaf(bs);
     unsigned old_flags = bs->flags;
     bool own = new_flags & BDRV_O_OWNER;
+    bool cache_changes = (new_flags ^ old_flags) & BDRV_O_CACHE_MASK;
     int r;
-    if (own != (bool)(old_flags & BDRV_O_OWNER) && (r = bdrv_set_ownership(bs, own, err)) < 0)
+    /* The cache mode first: undoing it cannot conflict with anyone, while
+     * ownership once released may not come back. */
+    if (cache_changes && (r = leaf->drv->set_cache(leaf, new_flags, err)) < 0)
         return r;
-    if ((new_flags ^ old_flags) & BDRV_O_CACHE_MASK) {
-        r = leaf->drv->set_cache(leaf, new_flags, err);
-        if (r < 0) {
-            if (own != (bool)(old_flags & BDRV_O_OWNER))
-                bdrv_set_ownership(bs, !own, NULL);
-            return r;
-        }
+    if (own != (bool)(old_flags & BDRV_O_OWNER) && (r = bdrv_set_ownership(bs, own, err)) < 0) {
+        if (cache_changes)
+            leaf->drv->set_cache(leaf, old_flags, NULL);
+        return r;
     }
     set_graph_flags(bs, new_flags);
     return 0;
@@ -84,7 +84,7 @@ int bdrv_reopen(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err)
     if (stash == &local)
         fdstash_cleanup(&local);
     if (r < 0)
-        return nv_error_append(err, "(reopen %s failed; still open %s)", access_name(new_flags),
+        return nv_error_append(err, r, "(reopen %s failed; still open %s)", access_name(new_flags),
                                access_name(old_flags));
     return 0;
 }

@@ -140,7 +140,8 @@ static void unset_listen_env(void)
 }
 
 /* Validate every activated descriptor and name before the stash owns any. */
-static int check_listen_fds(unsigned count, const char *names, struct nv_error *err)
+static int check_listen_fds(const struct fdstash *stash, unsigned count, const char *names,
+                            struct nv_error *err)
 {
     char name[FDSTASH_NAME_MAX + 1], other[FDSTASH_NAME_MAX + 1];
     for (unsigned i = 0; i < count; i++) {
@@ -151,7 +152,10 @@ static int check_listen_fds(unsigned count, const char *names, struct nv_error *
             return nv_error_set(err, -ENAMETOOLONG, "LISTEN_FDNAMES: name %u is too long", i);
         int ret = fdstash_check_name(name, err);
         if (ret < 0)
-            return nv_error_prefix(err, "LISTEN_FDNAMES");
+            return nv_error_prefix(err, ret, "LISTEN_FDNAMES");
+        if (fdstash_peek(stash, name) >= 0)
+            return nv_error_set(err, -EEXIST,
+                                "LISTEN_FDNAMES: a descriptor named '%s' is stashed already", name);
         for (unsigned j = 0; j < i; j++) {
             listen_fd_name(names, j, other, sizeof(other));
             if (strcmp(name, other) == 0)
@@ -179,15 +183,23 @@ int fdstash_import_listen_fds(struct fdstash *stash, struct nv_error *err)
         return nv_error_set(err, -EINVAL, "LISTEN_FDS '%s' is not a count of at most 1024",
                             count_text);
     const char *names = getenv("LISTEN_FDNAMES");
-    int ret = check_listen_fds((unsigned)count, names, err);
+    int ret = check_listen_fds(stash, (unsigned)count, names, err);
     if (ret < 0)
         return ret;
     char name[FDSTASH_NAME_MAX + 1];
-    for (unsigned i = 0; i < count; i++) {
+    unsigned i;
+    for (i = 0; i < count; i++) {
         int fd = LISTEN_FDS_START + (int)i;
         listen_fd_name(names, i, name, sizeof(name));
         if ((ret = set_cloexec(fd, err)) < 0 || (ret = fdstash_store(stash, name, fd, err)) < 0)
-            return ret;
+            break;
+    }
+    if (ret < 0) { /* all or nothing: hand back what was adopted, unclosed */
+        while (i-- > 0) {
+            listen_fd_name(names, i, name, sizeof(name));
+            fdstash_take(stash, name);
+        }
+        return ret;
     }
     unset_listen_env();
     return (int)count;

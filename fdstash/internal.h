@@ -4,7 +4,8 @@
 
 #include "fdstash.h"
 
-/* fdstash_give without the rule that names must not start with a digit. */
+/* Stash fd under name without the rule that names must not start with a
+ * digit. On failure fd is left open: the caller still owns it. */
 int fdstash_store(struct fdstash *stash, const char *name, int fd, struct nv_error *err);
 
 #endif

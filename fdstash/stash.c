@@ -71,17 +71,13 @@ static struct fdstash_entry **find_link(const struct fdstash *stash, const char 
     return link;
 }
 
-/* Store without the digit rule; shared by fdstash_give and fdstash_inherit. */
 int fdstash_store(struct fdstash *stash, const char *name, int fd, struct nv_error *err)
 {
     int ret = check_name_chars(name, err);
     if (ret == 0 && fd < 0)
         ret = nv_error_set(err, -EBADF, "cannot stash invalid descriptor %d as '%s'", fd, name);
-    if (ret < 0) {
-        if (fd >= 0)
-            close(fd);
+    if (ret < 0)
         return ret;
-    }
     struct fdstash_entry **link = find_link(stash, name);
     if (*link) {
         if ((*link)->fd != fd)
@@ -91,10 +87,8 @@ int fdstash_store(struct fdstash *stash, const char *name, int fd, struct nv_err
     }
     size_t len = strlen(name);
     struct fdstash_entry *e = malloc(sizeof(*e) + len + 1);
-    if (!e) {
-        close(fd);
+    if (!e)
         return nv_error_set(err, -ENOMEM, "out of memory stashing descriptor '%s'", name);
-    }
     memcpy(e->name, name, len + 1);
     e->fd = fd;
     e->next = stash->head;
@@ -106,12 +100,11 @@ int fdstash_store(struct fdstash *stash, const char *name, int fd, struct nv_err
 int fdstash_give(struct fdstash *stash, const char *name, int fd, struct nv_error *err)
 {
     int ret = fdstash_check_name(name, err);
-    if (ret < 0) {
-        if (fd >= 0)
-            close(fd);
-        return ret;
-    }
-    return fdstash_store(stash, name, fd, err);
+    if (ret == 0)
+        ret = fdstash_store(stash, name, fd, err);
+    if (ret < 0 && fd >= 0)
+        close(fd); /* ownership passed to us even though we fail */
+    return ret;
 }
 
 int fdstash_take(struct fdstash *stash, const char *name)

@@ -26,10 +26,11 @@ int nv_error_set(struct nv_error *err, int code, const char *fmt, ...)
     return code;
 }
 
-int nv_error_prefix(struct nv_error *err, const char *fmt, ...)
+int nv_error_prefix(struct nv_error *err, int code, const char *fmt, ...)
 {
+    code = normalise_code(code);
     if (!err)
-        return -EIO;
+        return code;
     char prefix[NV_ERROR_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
@@ -41,14 +42,15 @@ int nv_error_prefix(struct nv_error *err, const char *fmt, ...)
     snprintf(joined, sizeof(joined), "%s: %s", prefix, err->msg);
     memcpy(err->msg, joined, sizeof(err->msg) - 1);
     err->msg[sizeof(err->msg) - 1] = '\0';
-    err->code = normalise_code(err->code);
-    return err->code;
+    err->code = code;
+    return code;
 }
 
-int nv_error_append(struct nv_error *err, const char *fmt, ...)
+int nv_error_append(struct nv_error *err, int code, const char *fmt, ...)
 {
+    code = normalise_code(code);
     if (!err)
-        return -EIO;
+        return code;
     size_t used = strlen(err->msg);
     if (used + 1 < sizeof(err->msg)) {
         err->msg[used] = ' ';
@@ -57,8 +59,8 @@ int nv_error_append(struct nv_error *err, const char *fmt, ...)
         vsnprintf(err->msg + used + 1, sizeof(err->msg) - used - 1, fmt, ap);
         va_end(ap);
     }
-    err->code = normalise_code(err->code);
-    return err->code;
+    err->code = code;
+    return code;
 }
 
 void nv_error_clear(struct nv_error *err)

@@ -24,12 +24,13 @@ struct nv_error {
  * stored and returned value is always negative. err may be NULL. */
 int nv_error_set(struct nv_error *err, int code, const char *fmt, ...) NV_PRINTF(3, 4);
 
-/* Prepend "<prefix>: " to the message already recorded; returns err->code
- * (or -EIO when err is NULL), so callers can write return nv_error_prefix(...). */
-int nv_error_prefix(struct nv_error *err, const char *fmt, ...) NV_PRINTF(2, 3);
+/* Prepend "<prefix>: " to the message already recorded and return code (made
+ * negative), so callers write return nv_error_prefix(err, r, ...) and keep the
+ * errno even when err is NULL. */
+int nv_error_prefix(struct nv_error *err, int code, const char *fmt, ...) NV_PRINTF(3, 4);
 
 /* Append " <suffix>" to the message already recorded; returns like nv_error_prefix. */
-int nv_error_append(struct nv_error *err, const char *fmt, ...) NV_PRINTF(2, 3);
+int nv_error_append(struct nv_error *err, int code, const char *fmt, ...) NV_PRINTF(3, 4);
 
 void nv_error_clear(struct nv_error *err);
 

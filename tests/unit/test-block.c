@@ -166,7 +166,54 @@ static void open_stashed_descriptor(void **state)
     assert_null(bdrv_open_format("raw", "fd:ro", RW_OWNER, &stash, &err));
     assert_int_equal(err.code, -EBADF);
     assert_int_equal(fdstash_peek(&stash, "ro"), fd); /* refused: still the stash's */
+
+    /* Refused by a lock conflict: the descriptor stays in the stash, as it was,
+     * holding none of the locks the failed open took on it. */
+    struct bdrv_node *owner = bdrv_open_format("raw", path, RW_OWNER, NULL, &err);
+    assert_non_null(owner);
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    assert_int_equal(fdstash_give(&stash, "busy", fd, &err), 0);
+    assert_null(bdrv_open_format("raw", "fd:busy", RW_OWNER | BDRV_O_CACHE_NONE, &stash, &err));
+    assert_int_equal(err.code, -EBUSY);
+    assert_int_equal(fdstash_peek(&stash, "busy"), fd);
+    assert_false(fcntl(fd, F_GETFL) & O_DIRECT);
+    bdrv_close(owner);
+    assert_false(test_lock_conflicts(path, F_WRLCK, 100));
+    bs = bdrv_open_format("raw", "fd:busy", RW_OWNER, &stash, &err); /* the retry works */
+    assert_non_null(bs);
+    assert_int_equal(fdstash_peek(&stash, "busy"), -ENOENT);
+    bdrv_close(bs);
     fdstash_cleanup(&stash);
+}
+
+static void fifo_is_refused_without_hanging(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    char fifo[700];
+    snprintf(fifo, sizeof(fifo), "%s/fifo", test_dir());
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    int64_t t0 = test_now_ms();
+    assert_null(bdrv_open(fifo, 0, NULL, &err));
+    assert_int_equal(err.code, -EINVAL);
+    assert_null(bdrv_open(fifo, RW_OWNER, NULL, &err));
+    assert_non_null(strstr(err.msg, "not a regular file"));
+    /* A FIFO put where the image was: reopen fails at once, the node goes on. */
+    const char *path = test_file(3, 4096, 0);
+    struct bdrv_node *bs = bdrv_open_format("raw", path, RW_OWNER, NULL, &err);
+    assert_non_null(bs);
+    assert_int_equal(rename(path, fifo), 0); /* the file moves, a FIFO takes its name */
+    char moved[700];
+    snprintf(moved, sizeof(moved), "%s.moved", path);
+    assert_int_equal(rename(fifo, moved), 0);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_int_equal(bdrv_reopen(bs, 0, &err), -ESTALE);
+    assert_true(test_now_ms() - t0 < 2000);
+    uint8_t b = 7;
+    assert_int_equal(bdrv_pwrite(bs, 0, &b, 1, &err), 0);
+    bdrv_close(bs);
+    unlink(path);
+    unlink(moved);
 }
 
 /* ---- the access lock ---------------------------------------------------------- */
@@ -258,6 +305,8 @@ static void upgrade_refused_when_shared_twice(void **state)
     struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = ACCESS, .l_len = 1};
     assert_int_equal(fcntl(other, F_OFD_SETLK, &fl), 0);
     assert_int_equal(bdrv_lock(bs, BDRV_LOCK_SHARED, 0, &err), 0);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, -1, &err), -EINVAL); /* could deadlock */
+    assert_non_null(strstr(err.msg, "needs a timeout"));
     assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 50, &err), -ETIMEDOUT);
     assert_int_equal(bdrv_lock_mode(bs), BDRV_LOCK_SHARED);
     assert_int_equal(bdrv_lock_depth(bs), 1);
@@ -289,6 +338,8 @@ static int hold_lock_fd(const char *path, short type)
     return fd;
 }
 
+static void interrupt_handler(int sig);
+
 static void deadline_times_out_without_spinning(void **state)
 {
     (void)state;
@@ -311,6 +362,24 @@ static void deadline_times_out_without_spinning(void **state)
     assert_true(cpu < 100); /* slept in the kernel, did not poll */
     assert_non_null(strstr(err.msg, "timed out"));
     assert_int_equal(bdrv_lock_depth(bs), 0);
+
+    /* No timer signal is left over to interrupt the caller later: a blocking
+     * read is interrupted only by our own alarm, 300 ms on. */
+    struct sigaction sa = {.sa_handler = interrupt_handler}, old;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, &old);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    struct itimerval once = {{0, 0}, {0, 300000}};
+    setitimer(ITIMER_REAL, &once, NULL);
+    t0 = test_now_ms();
+    char c;
+    assert_int_equal(read(p[0], &c, 1), -1);
+    assert_int_equal(errno, EINTR);
+    assert_true(test_now_ms() - t0 >= 250);
+    sigaction(SIGALRM, &old, NULL);
+    close(p[0]);
+    close(p[1]);
     close(holder);
     assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 400, &err), 0);
     bdrv_close(bs);
@@ -470,6 +539,7 @@ int main(void)
         cmocka_unit_test(open_errors),
         cmocka_unit_test(probe_finds_qcow2_magic),
         cmocka_unit_test(open_stashed_descriptor),
+        cmocka_unit_test(fifo_is_refused_without_hanging),
         cmocka_unit_test(nested_shared_locks_count),
         cmocka_unit_test(exclusive_lock_and_nesting),
         cmocka_unit_test(upgrade_and_back),

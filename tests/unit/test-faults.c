@@ -97,8 +97,12 @@ static void eintr_and_short_transfers_complete(void **state)
     (void)state;
     struct nv_error err = {0};
     const char *path = test_file(0, 65536, 0);
-    struct bdrv_node *bs =
-        open_faults("write=1:EINTR,short-write=2+,short-read=1+,read=2:EINTR,flush=1:EINTR", path);
+    char rules[800], log_path[700];
+    snprintf(log_path, sizeof(log_path), "%s/eintr-log", test_dir());
+    snprintf(rules, sizeof(rules),
+             "log=%s,write=1:EINTR,short-write=2+,short-read=1+,read=2:EINTR,flush=1:EINTR",
+             log_path);
+    struct bdrv_node *bs = open_faults(rules, path);
     uint8_t data[10000], back[10000];
     for (size_t i = 0; i < sizeof(data); i++)
         data[i] = (uint8_t)(i * 7);
@@ -110,6 +114,22 @@ static void eintr_and_short_transfers_complete(void **state)
     assert_int_equal(bdrv_pread(bs, 20000, back, sizeof(back), &err), 0);
     assert_memory_equal(back, data, sizeof(data));
     bdrv_close(bs);
+    /* The faults really were injected: write 1 (EINTR), write 2 (short),
+     * flush 1 (EINTR), read 1 (short), read 2 (short and EINTR); and the short
+     * write reached the file in two pieces. */
+    struct bdrv_wlog log;
+    assert_int_equal(bdrv_wlog_load(log_path, &log, &err), 0);
+    unsigned faults[3] = {0}, writes = 0;
+    for (size_t i = 0; i < log.count; i++) {
+        if (log.records[i].kind == BDRV_WLOG_FAULT)
+            faults[log.records[i].offset]++;
+        writes += log.records[i].kind == BDRV_WLOG_WRITE;
+    }
+    assert_int_equal(faults[0], 2);
+    assert_int_equal(faults[1], 2);
+    assert_int_equal(faults[2], 1);
+    assert_int_equal(writes, 3);
+    bdrv_wlog_free(&log);
 }
 
 static void write_log_records_and_replays(void **state)
@@ -135,16 +155,18 @@ static void write_log_records_and_replays(void **state)
 
     struct bdrv_wlog log;
     assert_int_equal(bdrv_wlog_load(log_path, &log, &err), 0);
-    assert_int_equal(log.count, 5);
+    assert_int_equal(log.count, 6);
     assert_int_equal(log.records[0].kind, BDRV_WLOG_WRITE);
     assert_int_equal(log.records[0].offset, 10);
     assert_int_equal(log.records[0].length, 100);
     assert_memory_equal(log.records[0].data, a, 100);
     assert_int_equal(log.records[1].kind, BDRV_WLOG_FLUSH);
-    assert_int_equal(log.records[3].offset, 9000);
-    assert_int_equal(log.records[3].length, 1500);
-    assert_int_equal(log.records[4].offset, 10500);
+    assert_int_equal(log.records[3].kind, BDRV_WLOG_FAULT); /* the short write, announced */
+    assert_int_equal(log.records[3].offset, 1);
+    assert_int_equal(log.records[4].offset, 9000);
     assert_int_equal(log.records[4].length, 1500);
+    assert_int_equal(log.records[5].offset, 10500);
+    assert_int_equal(log.records[5].length, 1500);
 
     /* Replaying every record onto a copy of the old image gives the new one. */
     int fd = open(copy, O_RDWR | O_CLOEXEC);
@@ -161,7 +183,7 @@ static void write_log_records_and_replays(void **state)
     assert_int_equal(stat(log_path, &st), 0);
     assert_int_equal(truncate(log_path, st.st_size - 1), 0);
     assert_int_equal(bdrv_wlog_load(log_path, &log, &err), 0);
-    assert_int_equal(log.count, 4);
+    assert_int_equal(log.count, 5);
     bdrv_wlog_free(&log);
     /* Garbage is refused. */
     fd = open(log_path, O_WRONLY | O_TRUNC | O_CLOEXEC);

@@ -532,6 +532,14 @@ static void child_refuses_bad_env(void)
     CHILD_CHECK(fdstash_import_listen_fds(&s, &err) == -EINVAL);
     set_listen_env(getpid(), "3", "a:b:c"); /* descriptor 5 is not open */
     CHILD_CHECK(fdstash_import_listen_fds(&s, &err) == -EBADF);
+    int other = pipe_end();
+    CHILD_CHECK(fdstash_give(&s, "taken", other, &err) == 0);
+    set_listen_env(getpid(), "2", "fresh:taken");
+    CHILD_CHECK(fdstash_import_listen_fds(&s, &err) == -EEXIST);
+    CHILD_CHECK(fdstash_peek(&s, "taken") == other && fd_is_open(other)); /* not replaced */
+    CHILD_CHECK(fdstash_peek(&s, "fresh") == -ENOENT);
+    CHILD_CHECK(fdstash_take(&s, "taken") == other);
+    close(other);
     set_listen_env(getpid(), "two", NULL);
     CHILD_CHECK(fdstash_import_listen_fds(&s, &err) == -EINVAL);
     setenv("LISTEN_PID", "not-a-pid", 1);
@@ -569,10 +577,14 @@ static void error_object(void **state)
     struct nv_error err = {0};
     assert_int_equal(nv_error_set(&err, EIO, "read %s", "x"), -EIO);
     assert_int_equal(err.code, -EIO);
-    assert_int_equal(nv_error_prefix(&err, "image %s", "a.qcow2"), -EIO);
+    assert_int_equal(nv_error_prefix(&err, -EIO, "image %s", "a.qcow2"), -EIO);
     assert_string_equal(err.msg, "image a.qcow2: read x");
-    assert_int_equal(nv_error_append(&err, "(%d)", 7), -EIO);
+    assert_int_equal(nv_error_append(&err, EBUSY, "(%d)", 7), -EBUSY);
+    assert_int_equal(err.code, -EBUSY);
     assert_string_equal(err.msg, "image a.qcow2: read x (7)");
+    /* Without an error object the code still comes back, not a generic -EIO. */
+    assert_int_equal(nv_error_prefix(NULL, -ESTALE, "x"), -ESTALE);
+    assert_int_equal(nv_error_append(NULL, -EBUSY, "x"), -EBUSY);
     assert_int_equal(nv_error_set(NULL, -ENOENT, "ignored"), -ENOENT);
     nv_error_clear(&err);
     assert_int_equal(err.code, 0);

@@ -277,6 +277,42 @@ static void reopen_after_closing_directory_falls_back(void **state)
     seed_failure(CLOSE_DIRECTORY);
 }
 
+/* The other direction: a read-only node whose file became unreadable for
+ * this user fails to become the owner, and goes on reading. */
+static void readonly_sabotaged_child(void *arg)
+{
+    (void)arg;
+    struct nv_error err = {0};
+    drop_privileges();
+    char dir[] = "/tmp/nvtpm-reopen-XXXXXX";
+    CHILD_CHECK(mkdtemp(dir) != NULL);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/image", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    CHILD_CHECK(fd >= 0 && write(fd, "abcd", 4) == 4);
+    close(fd);
+    struct bdrv_node *bs = bdrv_open_format("raw", path, 0, NULL, &err);
+    CHILD_CHECK(bs != NULL);
+    int probe = open(path, O_RDONLY | O_CLOEXEC);
+    CHILD_CHECK(chmod(path, 0400) == 0); /* readable, no longer writable */
+    CHILD_CHECK(bdrv_reopen(bs, RW_OWNER, &err) == -EACCES);
+    CHILD_CHECK(strstr(err.msg, "still open read-only") != NULL);
+    char buf[4];
+    CHILD_CHECK(bdrv_pread(bs, 0, buf, 4, &err) == 0 && memcmp(buf, "abcd", 4) == 0);
+    CHILD_CHECK(test_lock_conflicts_fd(probe, F_WRLCK, 100));
+    CHILD_CHECK(!test_lock_conflicts_fd(probe, F_WRLCK, 101));
+    bdrv_close(bs);
+    close(probe);
+    unlink(path);
+    rmdir(dir);
+}
+
+static void readonly_to_owner_after_chmod_falls_back(void **state)
+{
+    (void)state;
+    assert_int_equal(test_run_child(readonly_sabotaged_child, NULL), 0);
+}
+
 static void no_descriptor_leaked(void **state)
 {
     (void)state;
@@ -309,6 +345,7 @@ int main(void)
         cmocka_unit_test(reopen_after_replace_falls_back),
         cmocka_unit_test(reopen_after_chmod_falls_back),
         cmocka_unit_test(reopen_after_closing_directory_falls_back),
+        cmocka_unit_test(readonly_to_owner_after_chmod_falls_back),
         cmocka_unit_test(no_descriptor_leaked),
     };
     return cmocka_run_group_tests_name("reopen", tests, suite_setup, suite_teardown);
