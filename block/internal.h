@@ -72,6 +72,8 @@ extern const struct bdrv_driver bdrv_faults;
 extern const struct bdrv_driver bdrv_raw;
 extern const struct bdrv_driver bdrv_qcow2;
 
+int bdrv_raw_create(const char *path, const struct bdrv_create_opts *opts, struct nv_error *err);
+
 /* The protocol node under bs (bs itself for a protocol node). */
 struct bdrv_node *bdrv_leaf(const struct bdrv_node *bs);
 

@@ -10,7 +10,7 @@
 
 static atomic_uint next_node_id = 1;
 
-static const struct bdrv_driver *const format_drivers[] = {&bdrv_raw};
+static const struct bdrv_driver *const format_drivers[] = {&bdrv_raw, &bdrv_qcow2};
 
 int bdrv_parse_cache_mode(const char *mode, unsigned *cache_flags, struct nv_error *err)
 {
@@ -205,4 +205,45 @@ int bdrv_truncate(struct bdrv_node *bs, uint64_t length, struct nv_error *err)
         return nv_error_set(err, -ENOTSUP, "%s: format %s cannot be resized", bs->filename,
                             bs->drv->name);
     return bs->drv->truncate(bs, length, err);
+}
+
+int bdrv_pwrite_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err)
+{
+    int r = check_writable(bs, err);
+    if (r < 0 || len == 0)
+        return r;
+    if (bs->drv->pwrite_zeroes)
+        return bs->drv->pwrite_zeroes(bs, offset, len, err);
+    size_t chunk = len < (1u << 20) ? (size_t)len : (1u << 20);
+    uint8_t *zeros = calloc(1, chunk);
+    if (!zeros)
+        return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
+    while (len && r == 0) {
+        size_t n = len < chunk ? (size_t)len : chunk;
+        r = bs->drv->pwrite(bs, offset, zeros, n, err);
+        offset += n;
+        len -= n;
+    }
+    free(zeros);
+    return r;
+}
+
+int bdrv_check(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,
+               struct nv_error *err)
+{
+    memset(res, 0, sizeof(*res));
+    int r = repair_leaks ? check_writable(bs, err) : 0;
+    if (r < 0 || !bs->drv->check)
+        return r;
+    return bs->drv->check(bs, res, repair_leaks, err);
+}
+
+int bdrv_create(const char *format, const char *path, const struct bdrv_create_opts *opts,
+                struct nv_error *err)
+{
+    const struct bdrv_driver *drv = format ? format_by_name(format) : NULL;
+    if (!drv)
+        return nv_error_set(err, -ENOTSUP, "%s: cannot create format '%s'", path,
+                            format ? format : "(none)");
+    return drv->create(path, opts, err);
 }

@@ -93,4 +93,5 @@ const struct bdrv_driver bdrv_raw = {
     .flush = raw_flush,
     .getlength = raw_getlength,
     .truncate = raw_truncate,
+    .create = bdrv_raw_create,
 };

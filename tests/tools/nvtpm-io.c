@@ -23,6 +23,7 @@ static const char usage[] =
     "Usage: nvtpm-io [-f raw|qcow2] [-r] [--cache MODE] [--fd NAME=N] -c CMD [-c CMD ...] SPEC\n"
     "Commands:\n"
     "  write [-P BYTE] OFF LEN     write LEN bytes of BYTE (default 0xcd) at OFF\n"
+    "  write -z OFF LEN            write zeros (whole qcow2 v3 clusters become zero clusters)\n"
     "  read [-P BYTE] OFF LEN      read; with -P fail unless every byte is BYTE\n"
     "  flush                       flush to stable storage\n"
     "  lock shared|exclusive [MS]  take the access lock, waiting up to MS (default 0: once;\n"
@@ -34,6 +35,9 @@ static const char usage[] =
     "  truncate LEN                resize the image\n"
     "  sleep MS                    wait\n"
     "  echo TEXT                   print TEXT (for scripts that wait for a point)\n"
+    "  check [-r]                  check the metadata like qemu-img check (-r: repair leaks);\n"
+    "                              fails on corruption, or on leaks left unrepaired\n"
+    "--create FMT:SIZE[:CLUSTER[:VERSION]] creates SPEC (a new file) first.\n"
     "SPEC: a path, fd:NAME (with --fd NAME=N) or faults:RULES:SPEC.\n"
     "Numbers take k, M, G suffixes (powers of 1024) or 0x.\n";
 
@@ -88,10 +92,41 @@ static int parse_rw_args(int argc, char **argv, int *pattern, uint64_t *off, uin
     return 0;
 }
 
+static int cmd_write_zeroes(struct tool *t, int argc, char **argv)
+{
+    uint64_t off, len;
+    if (argc != 4 || parse_num(argv[2], &off) < 0 || parse_num(argv[3], &len) < 0)
+        return nv_error_set(&t->err, -EINVAL, "usage: write -z OFF LEN");
+    int r = bdrv_pwrite_zeroes(t->bs, off, len, &t->err);
+    if (r == 0)
+        printf("wrote %llu/%llu bytes at offset %llu\n", (unsigned long long)len,
+               (unsigned long long)len, (unsigned long long)off);
+    return r;
+}
+
+static int cmd_check(struct tool *t, int argc, char **argv)
+{
+    bool repair = argc == 2 && strcmp(argv[1], "-r") == 0;
+    if (argc > 2 || (argc == 2 && !repair))
+        return nv_error_set(&t->err, -EINVAL, "usage: check [-r]");
+    struct bdrv_check_result res;
+    int r = bdrv_check(t->bs, &res, repair, &t->err);
+    if (r < 0)
+        return r;
+    printf("%llu corruptions, %llu leaks, %llu leaks fixed, image end %llu\n",
+           (unsigned long long)res.corruptions, (unsigned long long)res.leaks,
+           (unsigned long long)res.leaks_fixed, (unsigned long long)res.image_end);
+    if (res.corruptions || res.leaks > res.leaks_fixed)
+        return nv_error_set(&t->err, -EUCLEAN, "%s", res.first_problem);
+    return 0;
+}
+
 static int cmd_write(struct tool *t, int argc, char **argv)
 {
     int pattern;
     uint64_t off, len;
+    if (argc > 1 && strcmp(argv[1], "-z") == 0)
+        return cmd_write_zeroes(t, argc, argv);
     if (parse_rw_args(argc, argv, &pattern, &off, &len) < 0)
         return nv_error_set(&t->err, -EINVAL, "usage: write [-P BYTE] OFF LEN");
     uint8_t *buf = alloc_buffer(len);
@@ -224,10 +259,29 @@ static int run_command(struct tool *t, char *line)
         r = cmd_lock(t, argc, argv);
     else if (strcmp(argv[0], "reopen") == 0)
         r = cmd_reopen(t, argc, argv);
+    else if (strcmp(argv[0], "check") == 0)
+        r = cmd_check(t, argc, argv);
     else
         r = cmd_simple(t, argc, argv);
     fflush(stdout);
     return r;
+}
+
+/* --create FMT:SIZE[:CLUSTER[:VERSION]] */
+static int create_image(const char *arg, const char *path, struct nv_error *err)
+{
+    char fmt[16] = "", size[32] = "", cluster[32] = "", version[8] = "";
+    struct bdrv_create_opts opts = {0};
+    uint64_t v;
+    if (sscanf(arg, "%15[^:]:%31[^:]:%31[^:]:%7s", fmt, size, cluster, version) < 2 ||
+        parse_num(size, &opts.size) < 0)
+        return nv_error_set(err, -EINVAL, "--create wants FMT:SIZE[:CLUSTER[:VERSION]]");
+    if (cluster[0] && (parse_num(cluster, &v) < 0 || v > UINT32_MAX))
+        return nv_error_set(err, -EINVAL, "bad cluster size '%s'", cluster);
+    opts.cluster_size = cluster[0] ? (uint32_t)v : 0;
+    opts.version = version[0] ? atoi(version) : 0;
+    opts.mode = 0644;
+    return bdrv_create(fmt, path, &opts, err);
 }
 
 /* --fd NAME=N: adopt inherited descriptor N under NAME for fd:NAME specs. */
@@ -252,9 +306,10 @@ int main(int argc, char **argv)
 {
     static const struct option longopts[] = {{"cache", required_argument, NULL, 'C'},
                                              {"fd", required_argument, NULL, 'F'},
+                                             {"create", required_argument, NULL, 'N'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
-    const char *format = NULL;
+    const char *format = NULL, *create = NULL;
     unsigned flags = BDRV_O_RDWR | BDRV_O_OWNER, cache = 0;
     char *commands[MAX_COMMANDS];
     int ncommands = 0, opt;
@@ -288,6 +343,9 @@ int main(int argc, char **argv)
                 return 1;
             }
             break;
+        case 'N':
+            create = optarg;
+            break;
         case 'h':
             fputs(usage, stdout);
             return 0;
@@ -298,6 +356,11 @@ int main(int argc, char **argv)
     }
     if (optind != argc - 1) {
         fprintf(stderr, "nvtpm-io: need exactly one image SPEC\n%s", usage);
+        return 1;
+    }
+    if (create && create_image(create, argv[optind], &t.err) < 0) {
+        fprintf(stderr, "nvtpm-io: %s\n", t.err.msg);
+        fdstash_cleanup(&stash);
         return 1;
     }
     t.bs = bdrv_open_format(format, argv[optind], flags | cache, &stash, &t.err);

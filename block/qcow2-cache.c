@@ -1,0 +1,148 @@
+/* qcow2-cache.c - a small LRU cache of cluster-sized metadata tables (L2
+ * tables, refcount blocks) in their on-disk form. Dirty tables are written
+ * only by qcow2_flush_metadata, which orders them; evicting a dirty table
+ * runs that flush first. */
+#include "qcow2.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+int qcow2_cache_init(struct qcow2_cache *c, unsigned count, uint64_t cluster_size)
+{
+    memset(c, 0, sizeof(*c));
+    c->tables = calloc(count, sizeof(*c->tables));
+    if (!c->tables)
+        return -ENOMEM;
+    c->count = count;
+    for (unsigned i = 0; i < count; i++) {
+        c->tables[i].data = malloc(cluster_size);
+        if (!c->tables[i].data)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+void qcow2_cache_destroy(struct qcow2_cache *c)
+{
+    for (unsigned i = 0; c->tables && i < c->count; i++)
+        free(c->tables[i].data);
+    free(c->tables);
+    memset(c, 0, sizeof(*c));
+}
+
+static struct qcow2_table *lookup(struct qcow2_cache *c, uint64_t offset)
+{
+    if (c->tables[c->last].offset == offset)
+        return &c->tables[c->last];
+    for (unsigned i = 0; i < c->count; i++) {
+        if (c->tables[i].offset == offset) {
+            c->last = i;
+            return &c->tables[i];
+        }
+    }
+    return NULL;
+}
+
+/* The least recently used slot; if it is dirty, flush all metadata first. */
+static int victim(struct bdrv_node *bs, struct qcow2_cache *c, struct qcow2_table **out,
+                  struct nv_error *err)
+{
+    struct qcow2_table *best = &c->tables[0];
+    for (unsigned i = 0; i < c->count; i++) {
+        struct qcow2_table *t = &c->tables[i];
+        if (!t->offset) {
+            best = t;
+            break;
+        }
+        if (t->used < best->used)
+            best = t;
+    }
+    if (best->dirty) {
+        struct qcow2_state *s = bs->opaque;
+        int r;
+        if (s->in_flush) {
+            /* Inside the flush, whatever ordering this table needed is met. */
+            r = qcow2_check_overlap(bs, best->offset, s->cluster_size, best->offset, err);
+            if (r == 0)
+                r = bdrv_pwrite(s->file, best->offset, best->data, s->cluster_size, err);
+            s->need_sync = true;
+            best->dirty = false;
+        } else {
+            r = qcow2_flush_metadata(bs, err);
+        }
+        if (r < 0)
+            return r;
+    }
+    *out = best;
+    return 0;
+}
+
+int qcow2_cache_get(struct bdrv_node *bs, struct qcow2_cache *c, uint64_t offset, bool fresh,
+                    uint8_t **data, struct nv_error *err)
+{
+    struct qcow2_state *s = bs->opaque;
+    struct qcow2_table *t = lookup(c, offset);
+    if (!t) {
+        int r = victim(bs, c, &t, err);
+        if (r < 0)
+            return r;
+        t->offset = 0;
+        t->dirty = false;
+        if (fresh) {
+            memset(t->data, 0, s->cluster_size);
+        } else if ((r = bdrv_pread(s->file, offset, t->data, s->cluster_size, err)) < 0) {
+            return nv_error_prefix(err, r, "%s: reading table at offset %llu", bs->filename,
+                                   (unsigned long long)offset);
+        }
+        t->offset = offset;
+        c->last = (unsigned)(t - c->tables);
+    } else if (fresh) {
+        memset(t->data, 0, s->cluster_size);
+    }
+    t->used = ++c->tick;
+    *data = t->data;
+    return 0;
+}
+
+void qcow2_cache_mark_dirty(struct qcow2_cache *c, uint64_t offset)
+{
+    struct qcow2_table *t = lookup(c, offset);
+    if (t)
+        t->dirty = true;
+}
+
+bool qcow2_cache_has_dirty(const struct qcow2_cache *c)
+{
+    for (unsigned i = 0; i < c->count; i++)
+        if (c->tables[i].dirty)
+            return true;
+    return false;
+}
+
+int qcow2_cache_write_dirty(struct bdrv_node *bs, struct qcow2_cache *c, struct nv_error *err)
+{
+    struct qcow2_state *s = bs->opaque;
+    for (unsigned i = 0; i < c->count; i++) {
+        struct qcow2_table *t = &c->tables[i];
+        if (!t->dirty)
+            continue;
+        int r = qcow2_check_overlap(bs, t->offset, s->cluster_size, t->offset, err);
+        if (r == 0)
+            r = bdrv_pwrite(s->file, t->offset, t->data, s->cluster_size, err);
+        if (r < 0)
+            return r;
+        t->dirty = false;
+        s->need_sync = true;
+    }
+    return 0;
+}
+
+void qcow2_cache_forget(struct qcow2_cache *c, uint64_t offset)
+{
+    struct qcow2_table *t = lookup(c, offset);
+    if (t) {
+        t->offset = 0;
+        t->dirty = false;
+    }
+}

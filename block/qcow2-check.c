@@ -1,0 +1,227 @@
+/* qcow2-check.c - the image's metadata checked the way `qemu-img check`
+ * does: every referenced cluster (header, tables, data, snapshots) must have
+ * a refcount equal to its number of references (below: corruption, above: a
+ * leak), COPIED exactly when the refcount is 1, entries well formed. Leaks can
+ * be repaired by lowering the refcounts. */
+#include "qcow2.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct check {
+    struct bdrv_node *bs;
+    struct bdrv_check_result *res;
+    uint32_t *expected; /* references per host cluster */
+    uint64_t nclusters;
+};
+
+static void problem(struct check *c, bool leak, const char *fmt, ...)
+{
+    if (leak)
+        c->res->leaks++;
+    else
+        c->res->corruptions++;
+    if (c->res->first_problem[0])
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->res->first_problem, sizeof(c->res->first_problem), fmt, ap);
+    va_end(ap);
+}
+
+static void reference(struct check *c, uint64_t offset, uint64_t length, const char *what)
+{
+    struct qcow2_state *s = c->bs->opaque;
+    if (!length)
+        return;
+    uint64_t first = offset >> s->cluster_bits, last = (offset + length - 1) >> s->cluster_bits;
+    for (uint64_t i = first; i <= last; i++) {
+        if (i >= c->nclusters) {
+            problem(c, false, "%s at offset %llu is past the end of the file", what,
+                    (unsigned long long)offset);
+            return;
+        }
+        if (c->expected[i] < UINT32_MAX)
+            c->expected[i]++;
+    }
+}
+
+static uint64_t entry_at(const uint8_t *t, uint64_t i)
+{
+    uint64_t v;
+    memcpy(&v, t + 8 * i, 8);
+    return be64toh(v);
+}
+
+static void walk_l2(struct check *c, const uint8_t *t)
+{
+    struct qcow2_state *s = c->bs->opaque;
+    for (uint64_t i = 0; i < s->l2_entries; i++) {
+        uint64_t e = entry_at(t, i), off = e & QCOW2_OFFSET_MASK;
+        if (e & QCOW2_OFLAG_COMPRESSED) {
+            uint64_t coff, len;
+            qcow2_compressed_range(s, e, &coff, &len);
+            reference(c, coff, len, "compressed cluster");
+            continue;
+        }
+        if ((e & QCOW2_L2_RESERVED) || (off & (s->cluster_size - 1))) {
+            problem(c, false, "L2 entry 0x%016llx is malformed", (unsigned long long)e);
+            continue;
+        }
+        reference(c, off, off ? s->cluster_size : 0, "data cluster");
+    }
+}
+
+/* Count what an L1 table references: its L2 tables and their clusters. */
+static int walk_l1(struct check *c, const uint64_t *l1, uint32_t n, struct nv_error *err)
+{
+    struct qcow2_state *s = c->bs->opaque;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
+        if (!l2)
+            continue;
+        if (l1[i] & QCOW2_L1_RESERVED || l2 >> s->cluster_bits >= c->nclusters) {
+            problem(c, false, "L1 entry %u (0x%016llx) is malformed", i, (unsigned long long)l1[i]);
+            continue;
+        }
+        reference(c, l2, s->cluster_size, "L2 table");
+        uint8_t *t;
+        int r = qcow2_cache_get(c->bs, &s->l2_cache, l2, false, &t, err);
+        if (r < 0)
+            return r;
+        walk_l2(c, t);
+    }
+    return 0;
+}
+
+static int walk_snapshots(struct check *c, struct nv_error *err)
+{
+    struct qcow2_state *s = c->bs->opaque;
+    reference(c, s->snapshots_offset, s->snapshots_size, "snapshot table");
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        uint32_t n = s->snapshots[i].l1_size;
+        uint64_t *l1 = calloc(n ? n : 1, 8);
+        if (!l1)
+            return nv_error_set(err, -ENOMEM, "out of memory");
+        reference(c, s->snapshots[i].l1_offset, (uint64_t)n * 8, "snapshot L1 table");
+        int r = n ? bdrv_pread(s->file, s->snapshots[i].l1_offset, l1, (uint64_t)n * 8, err) : 0;
+        for (uint32_t j = 0; r == 0 && j < n; j++)
+            l1[j] = be64toh(l1[j]);
+        if (r == 0)
+            r = walk_l1(c, l1, n, err);
+        free(l1);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* COPIED must be set exactly when the refcount is 1 (active tables only). */
+static int check_copied(struct check *c, struct nv_error *err)
+{
+    struct qcow2_state *s = c->bs->opaque;
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t l2 = s->l1[i] & QCOW2_OFFSET_MASK, rc;
+        if (!l2 || l2 >> s->cluster_bits >= c->nclusters)
+            continue;
+        int r = qcow2_get_refcount(c->bs, l2 >> s->cluster_bits, &rc, err);
+        if (r < 0)
+            return r;
+        if (!!(s->l1[i] & QCOW2_OFLAG_COPIED) != (rc == 1))
+            problem(c, false, "L1 entry %u: COPIED is %s but the refcount is %llu", i,
+                    (s->l1[i] & QCOW2_OFLAG_COPIED) ? "set" : "clear", (unsigned long long)rc);
+        uint8_t *t;
+        if ((r = qcow2_cache_get(c->bs, &s->l2_cache, l2, false, &t, err)) < 0)
+            return r;
+        for (uint64_t j = 0; j < s->l2_entries; j++) {
+            uint64_t e = entry_at(t, j), off = e & QCOW2_OFFSET_MASK;
+            if ((e & QCOW2_OFLAG_COMPRESSED) || !off || off >> s->cluster_bits >= c->nclusters)
+                continue;
+            if ((r = qcow2_get_refcount(c->bs, off >> s->cluster_bits, &rc, err)) < 0)
+                return r;
+            if (!!(e & QCOW2_OFLAG_COPIED) != (rc == 1))
+                problem(c, false,
+                        "L2 entry for cluster at %llu: COPIED is %s but the refcount "
+                        "is %llu",
+                        (unsigned long long)off, (e & QCOW2_OFLAG_COPIED) ? "set" : "clear",
+                        (unsigned long long)rc);
+        }
+    }
+    return 0;
+}
+
+/* Compare counted references with the refcounts, across every refcount
+ * block and every cluster of the file. */
+static int compare(struct check *c, bool repair, struct nv_error *err)
+{
+    struct qcow2_state *s = c->bs->opaque;
+    uint64_t limit = c->nclusters;
+    for (uint64_t i = 0; i < s->reftable_entries; i++)
+        if (s->reftable[i] & QCOW2_OFFSET_MASK && (i + 1) * s->refblock_entries > limit)
+            limit = (i + 1) * s->refblock_entries;
+    for (uint64_t cl = 0; cl < limit; cl++) {
+        uint64_t rc, want = cl < c->nclusters ? c->expected[cl] : 0;
+        int r = qcow2_get_refcount(c->bs, cl, &rc, err);
+        if (r < 0)
+            return r;
+        if (want)
+            c->res->image_end = (cl + 1) << s->cluster_bits;
+        if (rc < want) {
+            problem(c, false, "cluster %llu has refcount %llu but %llu references",
+                    (unsigned long long)cl, (unsigned long long)rc, (unsigned long long)want);
+        } else if (rc > want) {
+            problem(c, true, "cluster %llu is leaked (refcount %llu, %llu references)",
+                    (unsigned long long)cl, (unsigned long long)rc, (unsigned long long)want);
+            if (repair) {
+                if ((r = qcow2_set_refcount(c->bs, cl, want, err)) < 0)
+                    return r;
+                c->res->leaks_fixed++;
+            }
+        }
+    }
+    return 0;
+}
+
+int qcow2_check(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,
+                struct nv_error *err)
+{
+    struct qcow2_state *s = bs->opaque;
+    memset(res, 0, sizeof(*res));
+    int r = (bs->flags & BDRV_O_RDWR) ? qcow2_flush_metadata(bs, err) : 0;
+    int64_t file_len = r < 0 ? r : bdrv_getlength(s->file, err);
+    if (file_len < 0)
+        return (int)file_len;
+    struct check c = {.bs = bs,
+                      .res = res,
+                      .nclusters =
+                          qcow2_round_up((uint64_t)file_len, s->cluster_size) >> s->cluster_bits};
+    if (c.nclusters > (1ull << 32) || !(c.expected = calloc(c.nclusters + 1, 4)))
+        return nv_error_set(err, -ENOMEM, "%s: too many clusters to check", bs->filename);
+    reference(&c, 0, s->cluster_size, "header");
+    reference(&c, s->l1_offset, (uint64_t)s->l1_size * 8, "L1 table");
+    reference(&c, s->reftable_offset, (uint64_t)s->reftable_clusters * s->cluster_size,
+              "refcount table");
+    for (uint64_t i = 0; i < s->reftable_entries; i++)
+        reference(&c, s->reftable[i] & QCOW2_OFFSET_MASK,
+                  (s->reftable[i] & QCOW2_OFFSET_MASK) ? s->cluster_size : 0, "refcount block");
+    r = walk_l1(&c, s->l1, s->l1_size, err);
+    if (r == 0)
+        r = walk_snapshots(&c, err);
+    if (r == 0)
+        r = compare(&c, repair_leaks, err);
+    if (r == 0)
+        r = check_copied(&c, err);
+    if (r == 0 && repair_leaks && res->leaks_fixed) {
+        r = qcow2_flush_metadata(bs, err);
+        if (r == 0)
+            r = qcow2_sync(bs, err);
+        if (r == 0) /* the clusters are free again */
+            s->free_hint = 0;
+    }
+    free(c.expected);
+    return r;
+}

@@ -1,0 +1,180 @@
+/* qcow2.h - the qcow2 format driver's private interface, shared by the
+ * qcow2*.c files of block/. QEMU's docs/interop/qcow2 specification is the
+ * authority on the format; docs/qcow2.md says what nvtpm supports.
+ *
+ * Metadata goes through a write-back table cache whose flush keeps the
+ * on-disk image consistent at every instant (see qcow2_flush_metadata). */
+#ifndef NVTPM_BLOCK_QCOW2_H
+#define NVTPM_BLOCK_QCOW2_H
+
+#include "internal.h"
+
+#define QCOW2_MAGIC_BE           0x514649fbu
+#define QCOW2_V2_HEADER_LEN      72
+#define QCOW2_V3_HEADER_LEN      104
+#define QCOW2_MIN_CLUSTER_BITS   9
+#define QCOW2_MAX_CLUSTER_BITS   21
+#define QCOW2_MAX_L1_BYTES       (32u << 20)
+#define QCOW2_MAX_REFTABLE_BYTES (8u << 20)
+#define QCOW2_MAX_SNAPSHOTS      65536
+#define QCOW2_MAX_BACKING_NAME   1023
+
+/* Header features. */
+#define QCOW2_INCOMPAT_DIRTY       (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT     (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE   (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2       (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN                                                                       \
+    (QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_COMPRESSION)
+
+#define QCOW2_EXT_END            0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_DATA_FILE      0x44415441u
+
+/* L1, L2 and reftable entries. */
+#define QCOW2_OFLAG_COPIED     (1ull << 63)
+#define QCOW2_OFLAG_COMPRESSED (1ull << 62)
+#define QCOW2_OFLAG_ZERO       (1ull << 0)
+#define QCOW2_OFFSET_MASK      0x00fffffffffffe00ull
+#define QCOW2_L1_RESERVED      0x7f000000000001ffull
+#define QCOW2_L2_RESERVED      0x3f000000000001feull
+#define QCOW2_REFT_RESERVED    0x00000000000001ffull
+
+/* A cached cluster-sized table (an L2 table or a refcount block), kept in
+ * its on-disk (big-endian) form. */
+struct qcow2_table {
+    uint64_t offset; /* host offset; 0 = empty slot */
+    uint8_t *data;
+    bool dirty;
+    uint64_t used; /* for LRU */
+};
+
+struct qcow2_cache {
+    struct qcow2_table *tables;
+    unsigned count;
+    uint64_t tick;
+    unsigned last; /* index of the last hit */
+};
+
+struct qcow2_snapshot {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+};
+
+/* A reference to give back once the metadata that dropped it is on disk. */
+struct qcow2_pending_free {
+    uint64_t offset;
+    uint64_t length;
+};
+
+struct qcow2_state {
+    struct bdrv_node *file;
+    uint32_t version;
+    unsigned cluster_bits;
+    uint64_t cluster_size;
+    uint64_t l2_entries;
+    uint64_t virtual_size;
+    uint64_t incompatible, compatible, autoclear;
+    uint32_t header_length;
+    uint8_t compression_type; /* 0 zlib, 1 zstd */
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+
+    unsigned refcount_order;
+    uint64_t refcount_max;
+    uint64_t refblock_entries;
+
+    uint64_t *l1; /* host byte order */
+    uint32_t l1_size;
+    uint64_t l1_offset;
+    uint32_t l1_clusters_allocated; /* clusters of the table on disk */
+
+    uint64_t *reftable; /* host byte order */
+    uint64_t reftable_entries;
+    uint64_t reftable_offset;
+    uint32_t reftable_clusters;
+
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t snapshots_size; /* bytes of the snapshot table */
+    struct qcow2_snapshot *snapshots;
+
+    struct qcow2_cache l2_cache, refblock_cache;
+
+    /* What the next metadata flush must write, in order. */
+    bool reftable_dirty, header_reftable_dirty, l1_dirty, header_l1_dirty;
+    bool need_sync; /* something was written since the last fdatasync */
+    bool in_flush;
+    struct qcow2_pending_free *pending;
+    size_t npending, pending_cap;
+
+    uint64_t free_hint; /* cluster index where the free-cluster search starts */
+
+    struct bdrv_node *backing;
+    uint8_t *decomp_buf; /* the last decompressed cluster */
+    uint64_t decomp_entry;
+    bool decomp_valid;
+};
+
+static inline uint64_t qcow2_round_up(uint64_t v, uint64_t align)
+{
+    return (v + align - 1) & ~(align - 1);
+}
+
+/* qcow2-cache.c */
+int qcow2_cache_init(struct qcow2_cache *c, unsigned count, uint64_t cluster_size);
+void qcow2_cache_destroy(struct qcow2_cache *c);
+/* Find or load the table at offset; fresh = start from zeros, not disk. */
+int qcow2_cache_get(struct bdrv_node *bs, struct qcow2_cache *c, uint64_t offset, bool fresh,
+                    uint8_t **data, struct nv_error *err);
+void qcow2_cache_mark_dirty(struct qcow2_cache *c, uint64_t offset);
+/* Write every dirty table of c (after an overlap check each). */
+int qcow2_cache_write_dirty(struct bdrv_node *bs, struct qcow2_cache *c, struct nv_error *err);
+bool qcow2_cache_has_dirty(const struct qcow2_cache *c);
+void qcow2_cache_forget(struct qcow2_cache *c, uint64_t offset);
+
+/* qcow2-refcount.c */
+int qcow2_get_refcount(struct bdrv_node *bs, uint64_t cluster, uint64_t *refcount,
+                       struct nv_error *err);
+int qcow2_set_refcount(struct bdrv_node *bs, uint64_t cluster, uint64_t refcount,
+                       struct nv_error *err);
+/* Allocate n contiguous clusters (refcount 0 -> 1); returns the host offset. */
+int64_t qcow2_alloc_clusters(struct bdrv_node *bs, uint64_t n, struct nv_error *err);
+/* Drop one reference to each cluster of [offset, offset+length) once the
+ * metadata that stopped referencing them is on disk. */
+int qcow2_free_later(struct bdrv_node *bs, uint64_t offset, uint64_t length, struct nv_error *err);
+/* Write all dirty metadata in crash-safe order, with the flushes between. */
+int qcow2_flush_metadata(struct bdrv_node *bs, struct nv_error *err);
+int qcow2_sync(struct bdrv_node *bs, struct nv_error *err);
+/* Refuse a metadata or data write that would land on a metadata structure
+ * other than the one being written (ignore = its own offset, or 0). */
+int qcow2_check_overlap(struct bdrv_node *bs, uint64_t offset, uint64_t length, uint64_t ignore,
+                        struct nv_error *err);
+int qcow2_write_header_fields(struct bdrv_node *bs, struct nv_error *err);
+
+/* qcow2-cluster.c */
+int qcow2_read(struct bdrv_node *bs, uint64_t offset, uint8_t *buf, size_t len,
+               struct nv_error *err);
+int qcow2_write(struct bdrv_node *bs, uint64_t offset, const uint8_t *buf, size_t len,
+                struct nv_error *err);
+int qcow2_write_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err);
+/* The host range a compressed L2 entry occupies, for refcounts. */
+void qcow2_compressed_range(const struct qcow2_state *s, uint64_t entry, uint64_t *offset,
+                            uint64_t *length);
+
+/* qcow2-compress.c */
+int qcow2_decompress(const struct qcow2_state *s, const uint8_t *in, size_t in_len, uint8_t *out,
+                     size_t out_len);
+
+/* qcow2-check.c */
+int qcow2_check(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,
+                struct nv_error *err);
+
+/* qcow2-create.c */
+int qcow2_create(const char *path, const struct bdrv_create_opts *opts, struct nv_error *err);
+
+/* qcow2.c */
+int qcow2_resize(struct bdrv_node *bs, uint64_t new_size, struct nv_error *err);
+
+#endif
