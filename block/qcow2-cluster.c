@@ -39,8 +39,15 @@ static int classify(struct bdrv_node *bs, uint64_t entry, enum cluster_kind *kin
 {
     struct qcow2_state *s = bs->opaque;
     if (entry & QCOW2_OFLAG_COMPRESSED) {
-        if (entry & QCOW2_OFLAG_COPIED)
-            return nv_error_set(err, -EIO, "%s: compressed L2 entry 0x%016llx has COPIED set",
+        uint64_t start, length;
+        qcow2_compressed_range(s, entry, &start, &length);
+        int64_t file_len = bdrv_getlength(s->file, err);
+        if (file_len < 0)
+            return (int)file_len;
+        if ((entry & QCOW2_OFLAG_COPIED) || start < s->cluster_size || start >= (uint64_t)file_len)
+            return nv_error_set(err, -EIO,
+                                "%s: compressed L2 entry 0x%016llx is malformed "
+                                "(image corrupt)",
                                 bs->filename, (unsigned long long)entry);
         *kind = COMPRESSED;
         return 0;
@@ -290,18 +297,19 @@ static int fill_cluster(struct bdrv_node *bs, uint64_t host, uint64_t in_off, co
     return r;
 }
 
-/* The header, L1, refcount and snapshot tables: cheap to check on every
- * in-place write (allocations get the full check). */
-static int check_fixed_overlap(struct bdrv_node *bs, uint64_t off, uint64_t len,
-                               struct nv_error *err)
+/* Before a write lands on, or gives back, the cluster an entry points at:
+ * it must not be one of the image's metadata structures. */
+static int check_entry_target(struct bdrv_node *bs, uint64_t entry, enum cluster_kind kind,
+                              struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
-    uint64_t cs = s->cluster_size;
-    if (off < cs || (off < s->l1_offset + (uint64_t)s->l1_size * 8 && s->l1_offset < off + len) ||
-        (off < s->reftable_offset + (uint64_t)s->reftable_clusters * cs &&
-         s->reftable_offset < off + len))
-        return qcow2_check_overlap(bs, off, len, 0, err);
-    return 0;
+    uint64_t off = entry & QCOW2_OFFSET_MASK, len = s->cluster_size;
+    if (kind == COMPRESSED)
+        qcow2_compressed_range(s, entry, &off, &len);
+    else if (kind != NORMAL && kind != ZERO_ALLOC)
+        return 0;
+    int r = qcow2_check_overlap(bs, off, len, 0, err);
+    return r < 0 ? nv_error_prefix(err, r, "an L2 entry points at metadata") : 0;
 }
 
 static int write_chunk(struct bdrv_node *bs, uint64_t guest, const uint8_t *buf, size_t n,
@@ -315,19 +323,17 @@ static int write_chunk(struct bdrv_node *bs, uint64_t guest, const uint8_t *buf,
         r = lookup(bs, guest, &entry, err);
     if (r == 0)
         r = classify(bs, entry, &kind, err);
+    if (r == 0)
+        r = check_entry_target(bs, entry, kind, err);
     if (r < 0)
         return r;
     uint64_t host = entry & QCOW2_OFFSET_MASK;
     s->need_sync = true;
-    if (kind == NORMAL && (entry & QCOW2_OFLAG_COPIED)) {
-        r = check_fixed_overlap(bs, host + in_off, n, err);
-        return r < 0 ? r : bdrv_pwrite(s->file, host + in_off, buf, n, err);
-    }
+    if (kind == NORMAL && (entry & QCOW2_OFLAG_COPIED))
+        return bdrv_pwrite(s->file, host + in_off, buf, n, err);
     if (kind == ZERO_ALLOC && (entry & QCOW2_OFLAG_COPIED)) {
         /* Preallocated zero cluster: fill it in place, then drop the flag. */
-        r = check_fixed_overlap(bs, host, s->cluster_size, err);
-        if (r == 0)
-            r = fill_cluster(bs, host, in_off, buf, n, entry, ZERO_PLAIN, err);
+        r = fill_cluster(bs, host, in_off, buf, n, entry, ZERO_PLAIN, err);
         return r < 0 ? r : set_entry(bs, l2_off, guest, host | QCOW2_OFLAG_COPIED, err);
     }
     int64_t fresh = alloc_cluster(bs, err);
@@ -367,6 +373,8 @@ static int zero_cluster(struct bdrv_node *bs, uint64_t guest, struct nv_error *e
     int r = lookup(bs, guest, &entry, err);
     if (r == 0)
         r = classify(bs, entry, &kind, err);
+    if (r == 0)
+        r = check_entry_target(bs, entry, kind, err);
     if (r < 0 || kind == ZERO_PLAIN || (kind == UNALLOCATED && !s->backing))
         return r;
     if ((r = writable_l2(bs, guest, &l2_off, err)) < 0 ||

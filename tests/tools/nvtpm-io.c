@@ -379,6 +379,11 @@ int main(int argc, char **argv)
             break;
         }
     }
+    /* A last flush, so that what closing would write is checked too. */
+    if (status == 0 && (bdrv_get_flags(t.bs) & BDRV_O_OWNER) && bdrv_flush(t.bs, &t.err) < 0) {
+        fprintf(stderr, "nvtpm-io: flush at exit: %s\n", t.err.msg);
+        status = 1;
+    }
     bdrv_close(t.bs);
     fdstash_cleanup(&stash);
     return status;
