@@ -423,8 +423,10 @@ static int qcow2_open(struct bdrv_node *bs, const char *spec, struct nv_error *e
                           QCOW2_REFT_RESERVED, (uint64_t)file_len, err);
     if (r == 0)
         r = load_snapshots(bs, (uint64_t)file_len, err);
-    s->l1_clusters_allocated =
-        (uint32_t)(qcow2_round_up((uint64_t)s->l1_size * 8, s->cluster_size) >> s->cluster_bits);
+    if (r == 0)
+        s->l1_clusters_allocated =
+            (uint32_t)(qcow2_round_up((uint64_t)s->l1_size * 8, s->cluster_size) >>
+                       s->cluster_bits);
     if (r == 0 && (qcow2_cache_init(&s->l2_cache, cache_count(4u << 20, s->cluster_size, 1024),
                                     s->cluster_size) < 0 ||
                    qcow2_cache_init(&s->refblock_cache, cache_count(1u << 20, s->cluster_size, 256),
