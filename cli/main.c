@@ -2,12 +2,15 @@
  *
  * Exit codes common to every subcommand: 0 success, 1 usage error (unknown
  * subcommand or option). Subcommands document their own codes above 1. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <libtpms/tpm_library.h>
 
-#define EXIT_USAGE 1
+#include "cli.h"
+
+#define EXIT_USAGE CLI_EXIT_USAGE
 
 struct subcommand {
     const char *name;
@@ -15,10 +18,28 @@ struct subcommand {
     int (*run)(int argc, char **argv);
 };
 
-/* Later subcommands (socket, validate, create, info, check, ...) join this table. */
+/* Later subcommands (socket, validate, create, info, ...) join this table. */
 static const struct subcommand subcommands[] = {
+    {"check", "check an image's structure like qemu-img check (--repair)", cmd_check},
     {NULL, NULL, NULL},
 };
+
+int cli_fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("nvtpm: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
+}
+
+int cli_usage_error(const char *cmd, const char *opt)
+{
+    return cli_fail(CLI_EXIT_USAGE, "%s: unknown or malformed option '%s'; run 'nvtpm %s --help'",
+                    cmd, opt, cmd);
+}
 
 static void print_version(void)
 {
