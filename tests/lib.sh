@@ -26,6 +26,18 @@ require() {
     done
 }
 
+# lock_held FILE BYTE: some process holds an OFD/POSIX lock on BYTE of FILE.
+# Looks without taking anything, so it cannot disturb the holder's start.
+lock_held() {
+    python3 - "$1" "$2" <<'PY'
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+F_OFD_GETLK = 36
+res = fcntl.fcntl(fd, F_OFD_GETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, int(sys.argv[2]), 1, 0))
+sys.exit(0 if struct.unpack('hhqqi', res)[0] != fcntl.F_UNLCK else 1)
+PY
+}
+
 finish() {
     echo "$passed passed, $failed failed"
     [ "$failed" -eq 0 ]
