@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "fdstash.h"
 #include "util.h"
@@ -130,6 +131,19 @@ enum bdrv_lock_mode bdrv_lock_mode(const struct bdrv_node *bs);
  * permission it needs; the message names the image and the permission. */
 int bdrv_set_ownership(struct bdrv_node *bs, bool own, struct nv_error *err);
 bool bdrv_is_owner(const struct bdrv_node *bs);
+
+/* Who holds locks on the image (this process included), found through
+ * /proc/PID/fdinfo: best effort, for messages and `nvtpm info`. */
+struct bdrv_lock_holder {
+    pid_t pid;
+    char name[32];         /* /proc/PID/comm */
+    bool self;             /* this process */
+    unsigned qemu_perm;    /* bit i: QEMU byte 100+i (holds permission i) */
+    unsigned qemu_unshare; /* bit i: QEMU byte 200+i (does not share permission i) */
+    int access;            /* the access lock: 0 none, 1 shared, 2 exclusive */
+};
+int bdrv_lock_holders(struct bdrv_node *bs, struct bdrv_lock_holder *out, size_t max,
+                      size_t *count, struct nv_error *err);
 
 /* ---- reopen --------------------------------------------------------------- */
 

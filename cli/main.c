@@ -2,6 +2,7 @@
  *
  * Exit codes common to every subcommand: 0 success, 1 usage error (unknown
  * subcommand or option). Subcommands document their own codes above 1. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,9 +21,70 @@ struct subcommand {
 
 /* Later subcommands (socket, validate, create, info, ...) join this table. */
 static const struct subcommand subcommands[] = {
-    {"check", "check an image's structure like qemu-img check (--repair)", cmd_check},
+    {"create", "create a QCoW2 image holding an empty TPM NVRAM (--key: encrypted)", cmd_create},
+    {"info", "show an image's NVRAM: TPM version, encryption, key slots, blobs, locks", cmd_info},
+    {"check", "check an image's qcow2 structure and NVRAM (--repair: leaks)", cmd_check},
+    {"key", "list, add or remove the key slots of an encrypted image", cmd_key},
+    {"encrypt", "encrypt a plain image's TPM state (crash-safe)", cmd_encrypt},
     {NULL, NULL, NULL},
 };
+
+int cli_exit_code(int err)
+{
+    switch (-err) {
+    case ENOKEY:
+        return CLI_EXIT_KEY_MISSING;
+    case EKEYREJECTED:
+        return CLI_EXIT_KEY_WRONG;
+    case EKEYREVOKED:
+        return CLI_EXIT_KEY_UNNEEDED;
+    case EAGAIN:
+    case ETIMEDOUT:
+    case EBUSY:
+        return CLI_EXIT_BUSY;
+    case EUCLEAN:
+    case ENODATA:
+    case ENOSPC:
+        return CLI_EXIT_CORRUPT;
+    case EMEDIUMTYPE:
+        return CLI_EXIT_NOT_LOADABLE;
+    case EINVAL:
+        return CLI_EXIT_USAGE;
+    default:
+        return CLI_EXIT_ERROR;
+    }
+}
+
+int cli_parse_size(const char *text, uint64_t *out)
+{
+    char digits[32];
+    size_t n = strspn(text, "0123456789");
+    unsigned shift = 0;
+    if (n == 0 || n >= sizeof(digits))
+        return -EINVAL;
+    if (text[n]) {
+        const char *units = "kMGT", *u = strchr(units, text[n] == 'K' ? 'k' : text[n]);
+        if (!u || text[n + 1])
+            return -EINVAL;
+        shift = 10 * (unsigned)(u - units + 1);
+    }
+    memcpy(digits, text, n);
+    digits[n] = '\0';
+    uint64_t v;
+    if (nv_parse_u64(digits, UINT64_MAX >> shift, &v) < 0)
+        return -ERANGE;
+    *out = v << shift;
+    return 0;
+}
+
+int cli_parse_key(const char *option, const char *spec, struct nvram_key *key)
+{
+    struct nv_error err = {0};
+    int r = nvram_key_parse(spec, key, &err);
+    if (r < 0)
+        return cli_fail(r == -EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_ERROR, "%s: %s", option, err.msg);
+    return 0;
+}
 
 int cli_fail(int code, const char *fmt, ...)
 {
@@ -66,8 +128,12 @@ static void print_help(void)
            "  -h, --help     show this help and exit\n"
            "  -V, --version  show the version of nvtpm and libtpms and exit\n"
            "\n"
-           "Exit codes: 0 success, 1 usage error; each command documents its others.\n"
-           "See nvtpm(1).\n");
+           "Run 'nvtpm COMMAND --help' for a command's options.\n"
+           "\n"
+           "Exit codes: 0 success, 1 usage error, 2 corrupt or not an nvtpm image,\n"
+           "4 key missing, 5 wrong key, 6 key given for an unencrypted image, 7 busy\n"
+           "(held by another process), 8 not loadable here, 9 other error; check uses\n"
+           "qemu-img check's codes (1 error, 2 corruption, 3 leaks). See nvtpm(1).\n");
 }
 
 int main(int argc, char **argv)

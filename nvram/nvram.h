@@ -1,0 +1,182 @@
+/* nvram.h - the NVRAM store: the TPM's state blobs (permall, volatilestate,
+ * savestate) in A/B slots inside an image's virtual disk, optionally
+ * encrypted with AES-GCM under a data key wrapped in key slots. The format is
+ * specified in docs/nvram-format.md. Calls go down to block/ only.
+ *
+ * Errors are negative errnos with a message in err. The ones a caller tells
+ * apart:
+ *   -ENOKEY        the image is encrypted and no key was given
+ *   -EKEYREJECTED  the key opens no key slot
+ *   -EKEYREVOKED   a key was given for an image that is not encrypted
+ *   -EUCLEAN       not an nvtpm NVRAM, or damaged beyond use
+ *   -ENODATA       a blank image that was not to be formatted
+ *   -ENOSPC        the image is too small to hold the NVRAM
+ *   -EMEDIUMTYPE   the image holds the other TPM version's state
+ *   -EAGAIN, -ETIMEDOUT  the access lock is held by another process
+ *   -ENOENT        (load) the blob does not exist */
+#ifndef NVTPM_NVRAM_H
+#define NVTPM_NVRAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "block.h"
+
+#define NVRAM_KEY_SLOTS          8
+#define NVRAM_MIN_DISK_SIZE      (2240u * 1024u)
+#define NVRAM_DEFAULT_ITERATIONS 600000u
+#define NVRAM_MIN_ITERATIONS     1000u
+#define NVRAM_PASSPHRASE_MAX     1024
+
+enum nvram_blob {
+    NVRAM_PERMALL,
+    NVRAM_VOLATILESTATE,
+    NVRAM_SAVESTATE,
+    NVRAM_BLOBS,
+};
+
+enum nvram_cipher {
+    NVRAM_CIPHER_NONE = 0,
+    NVRAM_CIPHER_AES128_GCM = 1,
+    NVRAM_CIPHER_AES256_GCM = 2,
+};
+
+const char *nvram_blob_name(enum nvram_blob blob);
+/* The blob called name, or -ENOENT. */
+int nvram_blob_by_name(const char *name);
+const char *nvram_cipher_name(enum nvram_cipher cipher);
+
+/* ---- keys ------------------------------------------------------------------- */
+
+enum nvram_key_kind {
+    NVRAM_KEY_RAW = 1,        /* 128 or 256 bits */
+    NVRAM_KEY_PASSPHRASE = 2, /* through PBKDF2-HMAC-SHA512 */
+};
+
+struct nvram_key {
+    enum nvram_key_kind kind;
+    uint8_t material[NVRAM_PASSPHRASE_MAX];
+    size_t length;
+    uint32_t iterations; /* for a new passphrase slot */
+    bool kdf_sha512;     /* swtpm's kdf=sha512 (only for swtpm state files) */
+};
+
+/* Parse a key in swtpm's --key syntax (docs/nvram-format.md) and read its
+ * material: file=PATH|fd=N|pwdfile=PATH|pwdfd=N[,format=hex|binary]
+ * [,mode=aes-cbc|aes-256-cbc][,kdf=pbkdf2|sha512][,remove][,iterations=N]. */
+int nvram_key_parse(const char *spec, struct nvram_key *key, struct nv_error *err);
+
+/* Overwrite the key material (OPENSSL_cleanse). */
+void nvram_key_wipe(struct nvram_key *key);
+
+/* ---- opening -------------------------------------------------------------------- */
+
+typedef void (*nvram_warn_fn)(void *opaque, const char *message);
+
+struct nvram_options {
+    int tpm_version;   /* 1 (TPM 1.2) or 2 (TPM 2.0); 0: whatever the image holds */
+    bool format_blank; /* format a blank image (needs tpm_version and ownership) */
+    const struct nvram_key *key;
+    enum nvram_cipher cipher; /* for formatting with a key; 0 = AES-256-GCM */
+    bool no_sync;             /* commits skip fdatasync (the user's choice) */
+    int lock_timeout_ms;      /* waiting for the access lock; 0 = 10000 */
+    nvram_warn_fn warn;       /* damaged slots; NULL = print to stderr */
+    void *warn_opaque;
+};
+
+struct nvram;
+
+/* Open the NVRAM of an open image. Everything about the key is checked before
+ * anything is written; only a blank image (with format_blank) is written to.
+ * The image stays the caller's: nvram_close does not close it. */
+struct nvram *nvram_open(struct bdrv_node *bs, const struct nvram_options *opts,
+                         struct nv_error *err);
+void nvram_close(struct nvram *nv);
+
+/* Format bs (blank or not: the caller checked) for tpm_version, encrypted
+ * when opts->key is given. */
+int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct nv_error *err);
+
+int nvram_tpm_version(const struct nvram *nv);
+bool nvram_is_encrypted(const struct nvram *nv);
+
+/* ---- blobs ---------------------------------------------------------------------- */
+
+/* Hold the shared access lock across several loads (nestable). */
+int nvram_load_begin(struct nvram *nv, struct nv_error *err);
+void nvram_load_end(struct nvram *nv);
+
+/* The current content of blob, malloc'd (the caller frees it), or -ENOENT. */
+int nvram_load(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size_t *length,
+               struct nv_error *err);
+/* Commit: one write of the older slot, then one flush (unless no_sync). */
+int nvram_store(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, size_t length,
+                struct nv_error *err);
+int nvram_delete(struct nvram *nv, enum nvram_blob blob, struct nv_error *err);
+
+/* ---- inspection ------------------------------------------------------------------- */
+
+enum nvram_slot_state {
+    NVRAM_SLOT_BLANK,
+    NVRAM_SLOT_VALID,
+    NVRAM_SLOT_DAMAGED,
+    NVRAM_SLOT_UNCHECKED, /* encrypted, and no key to check it with */
+};
+
+struct nvram_slot_info {
+    enum nvram_slot_state state;
+    uint64_t sequence;
+    uint32_t length;
+    enum nvram_cipher cipher;
+    bool deleted;
+    char problem[128];
+};
+
+struct nvram_info {
+    int tpm_version;
+    enum nvram_cipher cipher;
+    bool encrypting;
+    uint8_t uuid[16];
+    uint64_t generation;
+    bool superblock_valid[2];
+    bool key_opens; /* the key given opens a slot (when one was given) */
+    struct {
+        bool used;
+        enum nvram_key_kind kind;
+        unsigned kek_size;
+        uint32_t iterations;
+        uint64_t created;
+    } keys[NVRAM_KEY_SLOTS];
+    struct {
+        uint32_t capacity;
+        uint64_t offset[2];
+        struct nvram_slot_info slot[2];
+        int current; /* the slot a load uses, -1: none (absent or both damaged) */
+    } blobs[NVRAM_BLOBS];
+};
+
+/* Read the NVRAM's structures without changing anything, under the shared
+ * access lock. With a key, encrypted slots are authenticated too. Returns
+ * -EUCLEAN (with info filled as far as it goes) when there is no valid
+ * superblock, -ENODATA for a blank image. */
+int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_timeout_ms,
+                  struct nvram_info *info, struct nv_error *err);
+void nvram_uuid_string(const uint8_t uuid[16], char out[37]);
+
+/* ---- keys and encryption ------------------------------------------------------------ */
+
+/* Add a key slot for new_key (the image opened with a key); returns its index. */
+int nvram_key_add(struct nvram *nv, const struct nvram_key *new_key, struct nv_error *err);
+/* Remove key slot index; -1: the slot the opening key opened. Never the last. */
+int nvram_key_remove(struct nvram *nv, int index, struct nv_error *err);
+/* The key slot the opening key opened (-1 for a plain image). */
+int nvram_key_slot(const struct nvram *nv);
+
+/* Turn the plain NVRAM of bs (open read-write, owned) into an encrypted one
+ * with new_key, so that a crash at any point leaves a loadable image; an
+ * interrupted run is finished when new_key opens its key slot. */
+int nvram_encrypt(struct bdrv_node *bs, const struct nvram_key *new_key, enum nvram_cipher cipher,
+                  const struct nvram_options *opts, struct nv_error *err);
+
+#endif

@@ -1,0 +1,428 @@
+/* store.c - opening an NVRAM (with every key check before anything is
+ * written), formatting, and loading and committing blobs in their A/B slots. */
+#include "store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_LOCK_TIMEOUT_MS 10000
+#define ZERO_CHUNK              (256u << 10)
+
+static int lock_timeout(const struct nvram_options *opts)
+{
+    return opts && opts->lock_timeout_ms ? opts->lock_timeout_ms : DEFAULT_LOCK_TIMEOUT_MS;
+}
+
+void nvram_warn(const struct nvram_options *opts, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (opts && opts->warn)
+        opts->warn(opts->warn_opaque, msg);
+    else
+        fprintf(stderr, "nvtpm: warning: %s\n", msg);
+}
+
+/* Both superblock copies: *copy is the current one. -ENODATA when both are
+ * all zeros, -EUCLEAN when neither is valid (why says why). */
+int nvram_read_super(struct bdrv_node *bs, struct nvram_super *sb, int *copy, bool valid[2],
+                     char *why, size_t why_size, struct nv_error *err)
+{
+    uint8_t raw[2][NVRAM_SB_SIZE];
+    struct nvram_super cand[2];
+    char reason[2][160];
+    int r = bdrv_pread(bs, 0, raw, sizeof(raw), err);
+    if (r < 0)
+        return r;
+    *copy = -1;
+    for (int i = 0; i < 2; i++) {
+        valid[i] = nvram_super_decode(raw[i], &cand[i], reason[i], sizeof(reason[i])) == 0;
+        if (valid[i] && (*copy < 0 || cand[i].generation > cand[*copy].generation))
+            *copy = i;
+    }
+    if (*copy >= 0) {
+        *sb = cand[*copy];
+        return 0;
+    }
+    if (nvram_all_zero(raw[0], sizeof(raw)))
+        return -ENODATA;
+    bool ours = memcmp(raw[0], "NVTPMSB1", 8) == 0 || memcmp(raw[1], "NVTPMSB1", 8) == 0;
+    snprintf(why, why_size, "%s (copy 0: %s; copy 1: %s)",
+             ours ? "both superblock copies are damaged" : "no nvtpm superblock", reason[0],
+             reason[1]);
+    return -EUCLEAN;
+}
+
+/* A blank image: superblocks and the whole area the NVRAM would use are zero. */
+static int check_blank(struct bdrv_node *bs, uint64_t end, struct nv_error *err)
+{
+    uint8_t *buf = malloc(ZERO_CHUNK);
+    if (!buf)
+        return nv_error_set(err, -ENOMEM, "out of memory");
+    int r = 0;
+    for (uint64_t off = 0; off < end && r == 0; off += ZERO_CHUNK) {
+        size_t n = end - off < ZERO_CHUNK ? (size_t)(end - off) : ZERO_CHUNK;
+        r = bdrv_pread(bs, off, buf, n, err);
+        if (r == 0 && !nvram_all_zero(buf, n))
+            r = nv_error_set(err, -EUCLEAN,
+                             "%s holds data at offset %llu but no nvtpm NVRAM; refusing to "
+                             "format over it",
+                             bdrv_filename(bs), (unsigned long long)off);
+    }
+    free(buf);
+    return r;
+}
+
+static int write_zeros(struct bdrv_node *bs, uint64_t end, struct nv_error *err)
+{
+    uint8_t *zeros = calloc(1, ZERO_CHUNK);
+    if (!zeros)
+        return nv_error_set(err, -ENOMEM, "out of memory");
+    int r = 0;
+    /* Real writes, not zero clusters: every cluster gets allocated now, so
+     * that commits never change qcow2 metadata. */
+    for (uint64_t off = 0; off < end && r == 0; off += ZERO_CHUNK)
+        r = bdrv_pwrite(bs, off, zeros, end - off < ZERO_CHUNK ? (size_t)(end - off) : ZERO_CHUNK,
+                        err);
+    free(zeros);
+    return r;
+}
+
+int nvram_write_super(struct bdrv_node *bs, const struct nvram_super *sb, int copy, bool sync,
+                      struct nv_error *err)
+{
+    uint8_t raw[NVRAM_SB_SIZE];
+    nvram_super_encode(sb, raw);
+    int r = bdrv_pwrite(bs, NVRAM_SB_OFFSET(copy), raw, sizeof(raw), err);
+    if (r == 0 && sync)
+        r = bdrv_flush(bs, err);
+    return r;
+}
+
+static int new_super(struct nvram_super *sb, const struct nvram_options *opts, uint8_t *data_key,
+                     struct nv_error *err)
+{
+    memset(sb, 0, sizeof(*sb));
+    sb->generation = 1;
+    sb->tpm_version = (uint8_t)opts->tpm_version;
+    nvram_layout_default(sb);
+    if (nvram_random(sb->uuid, sizeof(sb->uuid)) < 0)
+        return nv_error_set(err, -EIO, "no random bytes for the image UUID");
+    sb->uuid[6] = (uint8_t)((sb->uuid[6] & 0x0f) | 0x40); /* version 4 */
+    sb->uuid[8] = (uint8_t)((sb->uuid[8] & 0x3f) | 0x80);
+    if (!opts->key)
+        return 0;
+    sb->cipher = opts->cipher ? (uint8_t)opts->cipher : NVRAM_CIPHER_AES256_GCM;
+    size_t len = nvram_data_key_size(sb->cipher);
+    if (!len || nvram_random(data_key, len) < 0)
+        return nv_error_set(err, -EINVAL, "cannot make a data key for cipher %u", sb->cipher);
+    return nvram_keyslot_fill(&sb->keys[0], opts->key, sb->uuid, 0, data_key, len, err);
+}
+
+int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct nv_error *err)
+{
+    if (opts->tpm_version != 1 && opts->tpm_version != 2)
+        return nv_error_set(err, -EINVAL, "%s: formatting needs a TPM version (1.2 or 2.0)",
+                            bdrv_filename(bs));
+    int64_t size = bdrv_getlength(bs, err);
+    if (size < 0)
+        return (int)size;
+    if ((uint64_t)size < NVRAM_MIN_DISK_SIZE)
+        return nv_error_set(err, -ENOSPC,
+                            "%s is too small for a TPM's NVRAM: %lld bytes, at "
+                            "least %u needed",
+                            bdrv_filename(bs), (long long)size, NVRAM_MIN_DISK_SIZE);
+    struct nvram_super sb;
+    uint8_t data_key[NVRAM_MAX_DATA_KEY];
+    uint64_t end;
+    char why[160];
+    int r = new_super(&sb, opts, data_key, err);
+    nvram_wipe(data_key, sizeof(data_key));
+    if (r == 0 && nvram_super_extent(&sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
+        r = nv_error_set(err, -ENOSPC, "%s: %s", bdrv_filename(bs), why);
+    if (r < 0)
+        return r;
+    if ((r = bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, lock_timeout(opts), err)) < 0)
+        return r;
+    r = write_zeros(bs, end, err);
+    if (r == 0)
+        r = bdrv_flush(bs, err);
+    if (r == 0)
+        r = nvram_write_super(bs, &sb, 0, false, err);
+    if (r == 0)
+        r = nvram_write_super(bs, &sb, 1, true, err);
+    bdrv_unlock(bs, NULL);
+    return r;
+}
+
+/* ---- opening ------------------------------------------------------------------------- */
+
+static int check_key(struct nvram *nv, const struct nvram_options *opts, struct nv_error *err)
+{
+    const char *img = bdrv_filename(nv->bs);
+    nv->key_slot = -1;
+    if (nv->sb.cipher == NVRAM_CIPHER_NONE)
+        return opts->key ? nv_error_set(err, -EKEYREVOKED,
+                                        "%s is not encrypted, but a key was given (leave it "
+                                        "out, or encrypt the image with nvtpm encrypt)",
+                                        img)
+                         : 0;
+    if (!opts->key)
+        return nv_error_set(err, -ENOKEY, "%s is encrypted; give --key", img);
+    nv->key_slot = nvram_keys_unlock(&nv->sb, opts->key, nv->data_key);
+    if (nv->key_slot < 0)
+        return nv_error_set(err, -EKEYREJECTED, "the key matches no key slot of %s", img);
+    return 0;
+}
+
+static int open_super(struct nvram *nv, const struct nvram_options *opts, struct nv_error *err)
+{
+    const char *img = bdrv_filename(nv->bs);
+    bool valid[2];
+    char why[400];
+    int r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
+    if (r == -ENODATA && opts->format_blank) {
+        if ((r = check_blank(nv->bs, NVRAM_MIN_DISK_SIZE, err)) < 0 ||
+            (r = nvram_format(nv->bs, opts, err)) < 0)
+            return r;
+        r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
+    }
+    if (r == -ENODATA)
+        return nv_error_set(err, -ENODATA, "%s is blank: it holds no TPM state yet", img);
+    if (r == -EUCLEAN)
+        return nv_error_set(err, -EUCLEAN, "%s is not a usable nvtpm NVRAM: %s", img, why);
+    if (r < 0)
+        return r;
+    if (!valid[0] || !valid[1])
+        nvram_warn(opts, "%s: superblock copy %d is damaged; using copy %d", img, 1 - nv->sb_copy,
+                   nv->sb_copy);
+    int64_t size = bdrv_getlength(nv->bs, err);
+    uint64_t end;
+    if (size < 0)
+        return (int)size;
+    if (nvram_super_extent(&nv->sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
+        return nv_error_set(err, -EUCLEAN, "%s: %s", img, why);
+    if (opts->tpm_version && opts->tpm_version != nv->sb.tpm_version)
+        return nv_error_set(err, -EMEDIUMTYPE, "%s holds a TPM %s state, not a TPM %s one", img,
+                            nv->sb.tpm_version == 2 ? "2.0" : "1.2",
+                            opts->tpm_version == 2 ? "2.0" : "1.2");
+    return check_key(nv, opts, err);
+}
+
+struct nvram *nvram_open(struct bdrv_node *bs, const struct nvram_options *opts,
+                         struct nv_error *err)
+{
+    static const struct nvram_options none;
+    struct nvram *nv = calloc(1, sizeof(*nv));
+    if (!nv) {
+        nv_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    nv->bs = bs;
+    nv->opts = opts ? *opts : none;
+    nv->opts.key = NULL; /* not kept: the data key is what stays */
+    nv->lock_timeout = lock_timeout(opts);
+    int r = open_super(nv, opts ? opts : &none, err);
+    for (int b = 0; r == 0 && b < NVRAM_BLOBS; b++)
+        r = nvram_scan_blob(nv, (enum nvram_blob)b, NULL, NULL, err);
+    if (r < 0) {
+        nvram_close(nv);
+        return NULL;
+    }
+    return nv;
+}
+
+void nvram_close(struct nvram *nv)
+{
+    if (!nv)
+        return;
+    nvram_wipe(nv->data_key, sizeof(nv->data_key));
+    free(nv->buf);
+    if (nv->plain)
+        nvram_wipe(nv->plain, nv->buf_size);
+    free(nv->plain);
+    free(nv);
+}
+
+int nvram_tpm_version(const struct nvram *nv)
+{
+    return nv->sb.tpm_version;
+}
+
+bool nvram_is_encrypted(const struct nvram *nv)
+{
+    return nv->sb.cipher != NVRAM_CIPHER_NONE;
+}
+
+int nvram_key_slot(const struct nvram *nv)
+{
+    return nv->key_slot;
+}
+
+/* ---- blobs ----------------------------------------------------------------------------- */
+
+static int ensure_buffers(struct nvram *nv, size_t size, struct nv_error *err)
+{
+    if (nv->buf_size >= size)
+        return 0;
+    uint8_t *buf = realloc(nv->buf, size), *plain = malloc(size);
+    if (buf)
+        nv->buf = buf;
+    if (!buf || !plain) {
+        free(plain);
+        return nv_error_set(err, -ENOMEM, "out of memory");
+    }
+    if (nv->plain)
+        nvram_wipe(nv->plain, nv->buf_size);
+    free(nv->plain);
+    nv->plain = plain;
+    nv->buf_size = size;
+    return 0;
+}
+
+/* Read and verify slot s of blob into nv->buf / nv->plain. */
+int nvram_read_slot(struct nvram *nv, enum nvram_blob blob, int s, struct nvram_slot_info *info,
+                    struct nv_error *err)
+{
+    const struct nvram_blobdesc *d = &nv->sb.blobs[blob];
+    int r = ensure_buffers(nv, d->slot_size, err);
+    if (r == 0)
+        r = bdrv_pread(nv->bs, d->offset[s], nv->buf, NVRAM_SLOT_HEADER_SIZE, err);
+    if (r < 0)
+        return r;
+    uint32_t len = (uint32_t)nv->buf[32] | (uint32_t)nv->buf[33] << 8 |
+                   (uint32_t)nv->buf[34] << 16 | (uint32_t)nv->buf[35] << 24;
+    if (len && len <= d->slot_size - NVRAM_SLOT_HEADER_SIZE &&
+        (r = bdrv_pread(nv->bs, d->offset[s] + NVRAM_SLOT_HEADER_SIZE,
+                        nv->buf + NVRAM_SLOT_HEADER_SIZE, len, err)) < 0)
+        return r;
+    nvram_slot_open(nv->buf, d->slot_size, blob, &nv->sb,
+                    nv->sb.cipher != NVRAM_CIPHER_NONE && nv->key_slot >= 0 ? nv->data_key : NULL,
+                    nv->plain, info);
+    return 0;
+}
+
+/* The current slot of blob; with data, its plaintext too (malloc'd). */
+int nvram_scan_blob(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size_t *length,
+                    struct nv_error *err)
+{
+    struct nvram_slot_info info[2];
+    const char *name = nvram_blob_name(blob), *img = bdrv_filename(nv->bs);
+    int r = nvram_load_begin(nv, err);
+    if (r < 0)
+        return r;
+    for (int s = 0; s < 2 && r == 0; s++)
+        r = nvram_read_slot(nv, blob, s, &info[s], err);
+    int cur = -1;
+    for (int s = 0; r == 0 && s < 2; s++)
+        if (info[s].state == NVRAM_SLOT_VALID && (cur < 0 || info[s].sequence > info[cur].sequence))
+            cur = s;
+    if (r == 0 && data && cur >= 0 && !info[cur].deleted) {
+        /* read_slot left the last slot read in nv->plain: read cur again if needed */
+        if (cur == 0)
+            r = nvram_read_slot(nv, blob, 0, &info[0], err);
+        if (r == 0 && !(*data = malloc(info[cur].length ? info[cur].length : 1)))
+            r = nv_error_set(err, -ENOMEM, "out of memory");
+        if (r == 0) {
+            memcpy(*data, nv->plain, info[cur].length);
+            *length = info[cur].length;
+        }
+    }
+    nvram_load_end(nv);
+    if (r < 0)
+        return r;
+    for (int s = 0; s < 2; s++)
+        if (info[s].state == NVRAM_SLOT_DAMAGED && cur >= 0 && cur != s)
+            nvram_warn(&nv->opts, "%s: %s slot %c is damaged (%s); using slot %c (sequence %llu)",
+                       img, name, 'A' + s, info[s].problem, 'A' + cur,
+                       (unsigned long long)info[cur].sequence);
+    if (cur < 0 && (info[0].state == NVRAM_SLOT_DAMAGED || info[1].state == NVRAM_SLOT_DAMAGED))
+        return nv_error_set(err, -EUCLEAN, "%s: both slots of %s are unusable (A: %s; B: %s)", img,
+                            name, info[0].state == NVRAM_SLOT_BLANK ? "blank" : info[0].problem,
+                            info[1].state == NVRAM_SLOT_BLANK ? "blank" : info[1].problem);
+    nv->blob[blob].current = cur;
+    nv->blob[blob].sequence = cur >= 0 ? info[cur].sequence : 0;
+    if (data && (cur < 0 || info[cur].deleted))
+        return -ENOENT;
+    return 0;
+}
+
+int nvram_load_begin(struct nvram *nv, struct nv_error *err)
+{
+    if (nv->load_depth == 0) {
+        int r = bdrv_lock(nv->bs, BDRV_LOCK_SHARED, nv->lock_timeout, err);
+        if (r < 0)
+            return r;
+    }
+    nv->load_depth++;
+    return 0;
+}
+
+void nvram_load_end(struct nvram *nv)
+{
+    if (nv->load_depth && --nv->load_depth == 0)
+        bdrv_unlock(nv->bs, NULL);
+}
+
+int nvram_load(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size_t *length,
+               struct nv_error *err)
+{
+    if (blob >= NVRAM_BLOBS)
+        return nv_error_set(err, -EINVAL, "no blob %d", blob);
+    *data = NULL;
+    *length = 0;
+    return nvram_scan_blob(nv, blob, data, length, err);
+}
+
+int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, size_t length,
+                 bool deleted, enum nvram_cipher cipher, struct nv_error *err)
+{
+    const struct nvram_blobdesc *d = &nv->sb.blobs[blob];
+    const char *img = bdrv_filename(nv->bs);
+    size_t written;
+    if (length > d->slot_size - NVRAM_SLOT_HEADER_SIZE)
+        return nv_error_set(err, -EFBIG, "%s: %s of %zu bytes exceeds its capacity of %u", img,
+                            nvram_blob_name(blob), length, d->slot_size - NVRAM_SLOT_HEADER_SIZE);
+    int r = ensure_buffers(nv, d->slot_size, err);
+    if (r < 0)
+        return r;
+    int target = nv->blob[blob].current < 0 ? 0 : 1 - nv->blob[blob].current;
+    uint64_t seq = nv->blob[blob].sequence + 1;
+    r = nvram_slot_seal(&nv->sb, blob, seq, data, length, deleted, cipher, nv->data_key, nv->buf,
+                        nv->buf_size, &written);
+    if (r < 0)
+        return nv_error_set(err, r, "%s: cannot seal %s", img, nvram_blob_name(blob));
+    if ((r = bdrv_lock(nv->bs, BDRV_LOCK_EXCLUSIVE, nv->lock_timeout, err)) < 0)
+        return r;
+    r = bdrv_pwrite(nv->bs, d->offset[target], nv->buf, written, err);
+    if (r == 0 && !nv->opts.no_sync)
+        r = bdrv_flush(nv->bs, err);
+    bdrv_unlock(nv->bs, NULL);
+    if (r < 0)
+        return nv_error_prefix(err, r, "committing %s", nvram_blob_name(blob));
+    nv->blob[blob].current = target;
+    nv->blob[blob].sequence = seq;
+    return 0;
+}
+
+int nvram_store(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, size_t length,
+                struct nv_error *err)
+{
+    if (blob >= NVRAM_BLOBS)
+        return nv_error_set(err, -EINVAL, "no blob %d", blob);
+    return nvram_commit(nv, blob, data, length, false, (enum nvram_cipher)nv->sb.cipher, err);
+}
+
+int nvram_delete(struct nvram *nv, enum nvram_blob blob, struct nv_error *err)
+{
+    if (blob >= NVRAM_BLOBS)
+        return nv_error_set(err, -EINVAL, "no blob %d", blob);
+    if (nv->blob[blob].current < 0)
+        return 0; /* never written: nothing to delete */
+    return nvram_commit(nv, blob, NULL, 0, true, (enum nvram_cipher)nv->sb.cipher, err);
+}

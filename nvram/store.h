@@ -1,0 +1,39 @@
+/* store.h - the open NVRAM object, shared by store.c and admin.c. */
+#ifndef NVTPM_NVRAM_STORE_H
+#define NVTPM_NVRAM_STORE_H
+
+#include <stdarg.h>
+
+#include "internal.h"
+
+struct nvram {
+    struct bdrv_node *bs;
+    struct nvram_options opts;
+    struct nvram_super sb;
+    int sb_copy; /* the current superblock copy; the next update writes the other */
+    uint8_t data_key[NVRAM_MAX_DATA_KEY];
+    int key_slot;
+    struct {
+        int current; /* the slot holding the current version, -1: none */
+        uint64_t sequence;
+    } blob[NVRAM_BLOBS];
+    uint8_t *buf, *plain; /* a slot's bytes, and its plaintext */
+    size_t buf_size;
+    unsigned load_depth;
+    int lock_timeout;
+};
+
+void nvram_warn(const struct nvram_options *opts, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int nvram_read_super(struct bdrv_node *bs, struct nvram_super *sb, int *copy, bool valid[2],
+                     char *why, size_t why_size, struct nv_error *err);
+int nvram_write_super(struct bdrv_node *bs, const struct nvram_super *sb, int copy, bool sync,
+                      struct nv_error *err);
+int nvram_read_slot(struct nvram *nv, enum nvram_blob blob, int s, struct nvram_slot_info *info,
+                    struct nv_error *err);
+int nvram_scan_blob(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size_t *length,
+                    struct nv_error *err);
+int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, size_t length,
+                 bool deleted, enum nvram_cipher cipher, struct nv_error *err);
+
+#endif
