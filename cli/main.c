@@ -43,6 +43,7 @@ int cli_exit_code(int err)
     case EBUSY:
         return CLI_EXIT_BUSY;
     case EUCLEAN:
+    case ENOMEDIUM:
     case ENODATA:
     case ENOSPC:
         return CLI_EXIT_CORRUPT;

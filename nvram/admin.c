@@ -64,7 +64,7 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
         return r;
     nv.load_depth = 1; /* held here across everything */
     r = nvram_read_super(bs, &nv.sb, &nv.sb_copy, info->superblock_valid, why, sizeof(why), err);
-    if (r == -EUCLEAN)
+    if (r == -EUCLEAN || r == -ENOMEDIUM)
         nv_error_set(err, r, "%s is not a usable nvtpm NVRAM: %s", bdrv_filename(bs), why);
     else if (r == -ENODATA)
         nv_error_set(err, r, "%s is blank: it holds no TPM state yet", bdrv_filename(bs));

@@ -8,7 +8,8 @@
  *   -ENOKEY        the image is encrypted and no key was given
  *   -EKEYREJECTED  the key opens no key slot
  *   -EKEYREVOKED   a key was given for an image that is not encrypted
- *   -EUCLEAN       not an nvtpm NVRAM, or damaged beyond use
+ *   -ENOMEDIUM     not an nvtpm NVRAM (something else is there)
+ *   -EUCLEAN       an nvtpm NVRAM damaged beyond use
  *   -ENODATA       a blank image that was not to be formatted
  *   -ENOSPC        the image is too small to hold the NVRAM
  *   -EMEDIUMTYPE   the image holds the other TPM version's state

@@ -55,7 +55,7 @@ int nvram_read_super(struct bdrv_node *bs, struct nvram_super *sb, int *copy, bo
     snprintf(why, why_size, "%s (copy 0: %s; copy 1: %s)",
              ours ? "both superblock copies are damaged" : "no nvtpm superblock", reason[0],
              reason[1]);
-    return -EUCLEAN;
+    return ours ? -EUCLEAN : -ENOMEDIUM;
 }
 
 /* A blank image: superblocks and the whole area the NVRAM would use are zero. */
@@ -104,6 +104,25 @@ int nvram_write_super(struct bdrv_node *bs, const struct nvram_super *sb, int co
     return r;
 }
 
+/* Slot B of every blob gets a DELETED slot with sequence 1, so that a torn
+ * first commit (into slot A) falls back to "absent" like any torn commit
+ * falls back to the version before it. */
+static int write_markers(struct bdrv_node *bs, const struct nvram_super *sb,
+                         const uint8_t *data_key, struct nv_error *err)
+{
+    uint8_t slot[NVRAM_SLOT_HEADER_SIZE];
+    size_t written;
+    int r = 0;
+    for (int b = 0; b < NVRAM_BLOBS && r == 0; b++) {
+        r = nvram_slot_seal(sb, (enum nvram_blob)b, 1, NULL, 0, true, (enum nvram_cipher)sb->cipher,
+                            data_key, slot, sizeof(slot), &written);
+        if (r < 0)
+            return nv_error_set(err, r, "%s: cannot seal the initial slots", bdrv_filename(bs));
+        r = bdrv_pwrite(bs, sb->blobs[b].offset[1], slot, written, err);
+    }
+    return r == 0 ? bdrv_flush(bs, err) : r;
+}
+
 static int new_super(struct nvram_super *sb, const struct nvram_options *opts, uint8_t *data_key,
                      struct nv_error *err)
 {
@@ -142,21 +161,21 @@ int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct 
     uint64_t end;
     char why[160];
     int r = new_super(&sb, opts, data_key, err);
-    nvram_wipe(data_key, sizeof(data_key));
     if (r == 0 && nvram_super_extent(&sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
         r = nv_error_set(err, -ENOSPC, "%s: %s", bdrv_filename(bs), why);
-    if (r < 0)
-        return r;
-    if ((r = bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, lock_timeout(opts), err)) < 0)
-        return r;
-    r = write_zeros(bs, end, err);
-    if (r == 0)
-        r = bdrv_flush(bs, err);
-    if (r == 0)
-        r = nvram_write_super(bs, &sb, 0, false, err);
-    if (r == 0)
-        r = nvram_write_super(bs, &sb, 1, true, err);
-    bdrv_unlock(bs, NULL);
+    if (r == 0 && (r = bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, lock_timeout(opts), err)) == 0) {
+        r = write_zeros(bs, end, err);
+        if (r == 0)
+            r = bdrv_flush(bs, err);
+        if (r == 0)
+            r = nvram_write_super(bs, &sb, 0, false, err);
+        if (r == 0)
+            r = nvram_write_super(bs, &sb, 1, true, err);
+        if (r == 0)
+            r = write_markers(bs, &sb, data_key, err);
+        bdrv_unlock(bs, NULL);
+    }
+    nvram_wipe(data_key, sizeof(data_key));
     return r;
 }
 
@@ -186,6 +205,12 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
     bool valid[2];
     char why[400];
     int r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
+    int64_t size = bdrv_getlength(nv->bs, err);
+    if (r == -ENODATA && size >= 0 && (uint64_t)size < NVRAM_MIN_DISK_SIZE)
+        return nv_error_set(err, -ENOSPC,
+                            "%s is too small for a TPM's NVRAM: %lld bytes, at "
+                            "least %u needed",
+                            img, (long long)size, NVRAM_MIN_DISK_SIZE);
     if (r == -ENODATA && opts->format_blank) {
         if ((r = check_blank(nv->bs, NVRAM_MIN_DISK_SIZE, err)) < 0 ||
             (r = nvram_format(nv->bs, opts, err)) < 0)
@@ -194,14 +219,13 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
     }
     if (r == -ENODATA)
         return nv_error_set(err, -ENODATA, "%s is blank: it holds no TPM state yet", img);
-    if (r == -EUCLEAN)
-        return nv_error_set(err, -EUCLEAN, "%s is not a usable nvtpm NVRAM: %s", img, why);
+    if (r == -EUCLEAN || r == -ENOMEDIUM)
+        return nv_error_set(err, r, "%s is not a usable nvtpm NVRAM: %s", img, why);
     if (r < 0)
         return r;
     if (!valid[0] || !valid[1])
         nvram_warn(opts, "%s: superblock copy %d is damaged; using copy %d", img, 1 - nv->sb_copy,
                    nv->sb_copy);
-    int64_t size = bdrv_getlength(nv->bs, err);
     uint64_t end;
     if (size < 0)
         return (int)size;
@@ -348,7 +372,8 @@ int nvram_scan_blob(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size
     nv->blob[blob].current = cur;
     nv->blob[blob].sequence = cur >= 0 ? info[cur].sequence : 0;
     if (data && (cur < 0 || info[cur].deleted))
-        return -ENOENT;
+        return nv_error_set(err, -ENOENT, "%s: %s does not exist%s", img, name,
+                            cur < 0 ? "" : " (deleted)");
     return 0;
 }
 
@@ -400,8 +425,14 @@ int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, si
     if ((r = bdrv_lock(nv->bs, BDRV_LOCK_EXCLUSIVE, nv->lock_timeout, err)) < 0)
         return r;
     r = bdrv_pwrite(nv->bs, d->offset[target], nv->buf, written, err);
-    if (r == 0 && !nv->opts.no_sync)
-        r = bdrv_flush(nv->bs, err);
+    if (r == 0 && !nv->opts.no_sync && (r = bdrv_flush(nv->bs, err)) < 0) {
+        /* The new slot may be readable although it is not durable: blank its
+         * header (best effort) so that loads keep returning the previous
+         * version, as the failed commit tells the caller. */
+        static const uint8_t zeros[NVRAM_SLOT_HEADER_SIZE];
+        if (bdrv_pwrite(nv->bs, d->offset[target], zeros, sizeof(zeros), NULL) == 0)
+            bdrv_flush(nv->bs, NULL);
+    }
     bdrv_unlock(nv->bs, NULL);
     if (r < 0)
         return nv_error_prefix(err, r, "committing %s", nvram_blob_name(blob));

@@ -28,6 +28,7 @@ static int exit_for(int e)
 {
     switch (-e) {
     case EUCLEAN:
+    case ENOMEDIUM:
     case ENODATA:
     case ENOSPC:
         return 2;
@@ -41,6 +42,8 @@ static int exit_for(int e)
     case ETIMEDOUT:
     case EBUSY:
         return 7;
+    case EMEDIUMTYPE:
+        return 8;
     default:
         return 1;
     }

@@ -3,7 +3,8 @@
  *
  *   wlog-replay LOG count                 print the number of records
  *   wlog-replay LOG list                  one line per record: index kind offset length
- *   wlog-replay LOG apply BASE OUT K      OUT = BASE + the first K records */
+ *   wlog-replay LOG apply BASE OUT K      OUT = BASE + the first K records
+ *   wlog-replay LOG apply-list BASE OUT I...  OUT = BASE + records I..., in order */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -54,6 +55,19 @@ int main(int argc, char **argv)
                 status = 1;
         if (fd < 0 || status) {
             fprintf(stderr, "wlog-replay: %s\n", err.msg[0] ? err.msg : strerror(errno));
+            status = 1;
+        }
+        if (fd >= 0)
+            close(fd);
+    } else if (strcmp(argv[2], "apply-list") == 0 && argc >= 5) {
+        int fd = copy_file(argv[3], argv[4]) == 0 ? open(argv[4], O_RDWR | O_CLOEXEC) : -1;
+        for (int i = 5; fd >= 0 && i < argc && status == 0; i++) {
+            size_t k = strtoul(argv[i], NULL, 10);
+            if (k >= log.count || bdrv_wlog_apply(&log.records[k], fd, &err) < 0)
+                status = 1;
+        }
+        if (fd < 0 || status) {
+            fprintf(stderr, "wlog-replay: %s\n", err.msg[0] ? err.msg : "bad record index");
             status = 1;
         }
         if (fd >= 0)
