@@ -93,8 +93,10 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
 
 /* ---- key slots ------------------------------------------------------------------------ */
 
-/* The superblock with generation + 1, into the other copy, flushed. */
-static int update_super(struct nvram *nv, struct nv_error *err)
+/* The superblock with generation + 1, into the other copy, flushed. With
+ * both, the same content goes into the first copy too (generation + 2), so
+ * that nothing removed from the superblock survives in the older copy. */
+static int update_super_copies(struct nvram *nv, bool both, struct nv_error *err)
 {
     int r = bdrv_lock(nv->bs, BDRV_LOCK_EXCLUSIVE, nv->lock_timeout, err);
     if (r < 0)
@@ -107,7 +109,12 @@ static int update_super(struct nvram *nv, struct nv_error *err)
         return r;
     }
     nv->sb_copy = 1 - nv->sb_copy;
-    return 0;
+    return both ? update_super_copies(nv, false, err) : 0;
+}
+
+static int update_super(struct nvram *nv, struct nv_error *err)
+{
+    return update_super_copies(nv, false, err);
 }
 
 int nvram_key_add(struct nvram *nv, const struct nvram_key *new_key, struct nv_error *err)
@@ -153,7 +160,8 @@ int nvram_key_remove(struct nvram *nv, int index, struct nv_error *err)
                             img, index);
     struct nvram_keyslot saved = nv->sb.keys[index];
     memset(&nv->sb.keys[index], 0, sizeof(nv->sb.keys[index]));
-    int r = update_super(nv, err);
+    /* Both copies: the removed key must open neither. */
+    int r = update_super_copies(nv, true, err);
     if (r < 0)
         nv->sb.keys[index] = saved;
     else if (index == nv->key_slot)
@@ -162,6 +170,20 @@ int nvram_key_remove(struct nvram *nv, int index, struct nv_error *err)
 }
 
 /* ---- encrypting a plain image ------------------------------------------------------------ */
+
+/* Zero each slot's bytes past its payload: a shorter encrypted blob must not
+ * leave the end of a longer plaintext one behind. */
+static int wipe_slot_tails(struct nvram *nv, enum nvram_blob b, size_t len, struct nv_error *err)
+{
+    const struct nvram_blobdesc *d = &nv->sb.blobs[b];
+    size_t tail = d->slot_size - NVRAM_SLOT_HEADER_SIZE - len;
+    uint8_t *zeros = calloc(1, tail ? tail : 1);
+    int r = zeros ? 0 : nv_error_set(err, -ENOMEM, "out of memory");
+    for (int s = 0; s < 2 && r == 0 && tail; s++)
+        r = bdrv_pwrite(nv->bs, d->offset[s] + NVRAM_SLOT_HEADER_SIZE + len, zeros, tail, err);
+    free(zeros);
+    return r == 0 ? bdrv_flush(nv->bs, err) : r;
+}
 
 /* Step 2: every blob twice, into both slots, encrypted. */
 static int reencrypt_blobs(struct nvram *nv, struct nv_error *err)
@@ -179,6 +201,8 @@ static int reencrypt_blobs(struct nvram *nv, struct nv_error *err)
         for (int pass = 0; pass < 2 && r == 0; pass++)
             r = nvram_commit(nv, (enum nvram_blob)b, data, len, absent,
                              (enum nvram_cipher)nv->sb.cipher, err);
+        if (r == 0)
+            r = wipe_slot_tails(nv, (enum nvram_blob)b, absent ? 0 : len, err);
         if (data)
             nvram_wipe(data, len);
         free(data);

@@ -345,7 +345,8 @@ int nvram_slot_seal(const struct nvram_super *sb, enum nvram_blob blob, uint64_t
     encode_slot_header(&h, out);
     uint8_t *payload = out + NVRAM_SLOT_HEADER_SIZE;
     if (cipher == NVRAM_CIPHER_NONE) {
-        memcpy(payload, data, length);
+        if (length)
+            memcpy(payload, data, length);
         nvram_sha256(out, NVRAM_SLOT_AAD_SIZE, payload, length, out + 72);
     } else if (nvram_gcm_seal(data_key, nvram_data_key_size(cipher), h.nonce, out,
                               NVRAM_SLOT_AAD_SIZE, data, length, payload, out + 72) < 0) {

@@ -99,6 +99,15 @@ expect_exit 1 "adding a key that opens a slot already is refused" -- "$NVTPM" ke
 expect_exit 0 "rotate: add a new key" -- "$NVTPM" key add "$T/e.qcow2" --key "$PW" --new-key "$K2"
 expect_exit 0 "rotate: remove the old one (the slot it opens)" -- "$NVTPM" key remove "$T/e.qcow2" --key "$K1"
 expect_exit 5 "the removed key no longer opens the image" -- "$IO" --key "$K1" -c 'load permall' "$T/e.qcow2"
+# Not even through the older superblock copy: damage the current one, so that
+# the other copy is the one read; the removed key must not open it either.
+cp "$T/e.qcow2" "$T/e-old.qcow2"
+gen0=$(qemu-io -r -c 'read -v 16 1' "$T/e-old.qcow2" | head -1 | awk '{print $2}')
+gen1=$(qemu-io -r -c 'read -v 4112 1' "$T/e-old.qcow2" | head -1 | awk '{print $2}')
+newer=$([ $((16#$gen0)) -gt $((16#$gen1)) ] && echo 0 || echo 4096)
+qemu-io -c "write -P 0 $newer 8" "$T/e-old.qcow2" >/dev/null
+expect_exit 5 "the removed key opens neither superblock copy" -- "$IO" -r --key "$K1" -c 'load permall' "$T/e-old.qcow2"
+expect_exit 0 "while the current key opens the older copy" -- "$IO" -r --key "$K2" -c 'load permall -P 0x5e 5000' "$T/e-old.qcow2"
 expect_exit 0 "the new key does, with the same state" -- "$IO" --key "$K2" -c 'load permall -P 0x5e 5000' "$T/e.qcow2"
 expect_exit 0 "remove slot 1 by number" -- "$NVTPM" key remove "$T/e.qcow2" --key "$K2" --slot 1
 s=$(sum "$T/e.qcow2")
