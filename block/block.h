@@ -142,8 +142,8 @@ struct bdrv_lock_holder {
     unsigned qemu_unshare; /* bit i: QEMU byte 200+i (does not share permission i) */
     int access;            /* the access lock: 0 none, 1 shared, 2 exclusive */
 };
-int bdrv_lock_holders(struct bdrv_node *bs, struct bdrv_lock_holder *out, size_t max,
-                      size_t *count, struct nv_error *err);
+int bdrv_lock_holders(struct bdrv_node *bs, struct bdrv_lock_holder *out, size_t max, size_t *count,
+                      struct nv_error *err);
 
 /* ---- reopen --------------------------------------------------------------- */
 

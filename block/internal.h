@@ -28,6 +28,11 @@ struct bdrv_driver {
     int (*check)(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,
                  struct nv_error *err);
     int (*create)(const char *path, const struct bdrv_create_opts *opts, struct nv_error *err);
+    /* Format reopen hooks: reopen_check runs before the descriptors change
+     * (flush before going read-only, the open-time refusals before going
+     * read-write); reopen_done after a successful reopen. */
+    int (*reopen_check)(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err);
+    void (*reopen_done)(struct bdrv_node *bs, unsigned old_flags);
 
     /* Lock hook (protocol): the descriptor whose open file description
      * carries this node's OFD locks. */

@@ -258,6 +258,12 @@ int bdrv_set_ownership(struct bdrv_node *bs, bool own, struct nv_error *err)
         return nv_error_set(err, -EPERM, "%s: opened read-only, cannot take ownership",
                             leaf->filename);
     unsigned perm, unshare;
+    /* What is cached for writing must be written while we may still write. */
+    if (!own && (bs->flags & BDRV_O_OWNER) && bs != leaf) {
+        int f = bdrv_flush(bs, err);
+        if (f < 0)
+            return f;
+    }
     bdrv_qemu_lock_set(own, &perm, &unshare);
     int r = bdrv_qemu_lock_apply(leaf->drv->lock_fd(leaf), leaf->filename, leaf->locks.qemu_perm,
                                  leaf->locks.qemu_unshare, perm, unshare, 0, 0, err);

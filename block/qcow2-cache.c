@@ -8,9 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-int qcow2_cache_init(struct qcow2_cache *c, unsigned count, uint64_t cluster_size)
+int qcow2_cache_init(struct qcow2_cache *c, enum qcow2_meta kind, unsigned count,
+                     uint64_t cluster_size)
 {
     memset(c, 0, sizeof(*c));
+    c->kind = kind;
     c->tables = calloc(count, sizeof(*c->tables));
     if (!c->tables)
         return -ENOMEM;
@@ -63,11 +65,12 @@ static int victim(struct bdrv_node *bs, struct qcow2_cache *c, struct qcow2_tabl
         int r;
         if (s->in_flush) {
             /* Inside the flush, whatever ordering this table needed is met. */
-            r = qcow2_check_overlap(bs, best->offset, s->cluster_size, best->offset, err);
+            r = qcow2_check_overlap(bs, best->offset, s->cluster_size, c->kind, err);
             if (r == 0)
                 r = bdrv_pwrite(s->file, best->offset, best->data, s->cluster_size, err);
             s->need_sync = true;
-            best->dirty = false;
+            if (r == 0)
+                best->dirty = false;
         } else {
             r = qcow2_flush_metadata(bs, err);
         }
@@ -120,14 +123,15 @@ bool qcow2_cache_has_dirty(const struct qcow2_cache *c)
     return false;
 }
 
-int qcow2_cache_write_dirty(struct bdrv_node *bs, struct qcow2_cache *c, struct nv_error *err)
+int qcow2_cache_write_dirty(struct bdrv_node *bs, struct qcow2_cache *c, enum qcow2_meta kind,
+                            struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
     for (unsigned i = 0; i < c->count; i++) {
         struct qcow2_table *t = &c->tables[i];
         if (!t->dirty)
             continue;
-        int r = qcow2_check_overlap(bs, t->offset, s->cluster_size, t->offset, err);
+        int r = qcow2_check_overlap(bs, t->offset, s->cluster_size, kind, err);
         if (r == 0)
             r = bdrv_pwrite(s->file, t->offset, t->data, s->cluster_size, err);
         if (r < 0)

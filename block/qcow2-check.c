@@ -154,36 +154,68 @@ static int check_copied(struct check *c, struct nv_error *err)
     return 0;
 }
 
-/* Compare counted references with the refcounts, across every refcount
- * block and every cluster of the file. */
-static int compare(struct check *c, bool repair, struct nv_error *err)
+static int compare_cluster(struct check *c, uint64_t cl, bool repair, struct nv_error *err)
 {
     struct qcow2_state *s = c->bs->opaque;
-    uint64_t limit = c->nclusters;
-    for (uint64_t i = 0; i < s->reftable_entries; i++)
-        if (s->reftable[i] & QCOW2_OFFSET_MASK && (i + 1) * s->refblock_entries > limit)
-            limit = (i + 1) * s->refblock_entries;
-    for (uint64_t cl = 0; cl < limit; cl++) {
-        uint64_t rc, want = cl < c->nclusters ? c->expected[cl] : 0;
-        int r = qcow2_get_refcount(c->bs, cl, &rc, err);
-        if (r < 0)
-            return r;
-        if (want)
-            c->res->image_end = (cl + 1) << s->cluster_bits;
-        if (rc < want) {
-            problem(c, false, "cluster %llu has refcount %llu but %llu references",
-                    (unsigned long long)cl, (unsigned long long)rc, (unsigned long long)want);
-        } else if (rc > want) {
-            problem(c, true, "cluster %llu is leaked (refcount %llu, %llu references)",
-                    (unsigned long long)cl, (unsigned long long)rc, (unsigned long long)want);
-            if (repair) {
-                if ((r = qcow2_set_refcount(c->bs, cl, want, err)) < 0)
-                    return r;
-                c->res->leaks_fixed++;
-            }
+    uint64_t rc, want = cl < c->nclusters ? c->expected[cl] : 0;
+    int r = qcow2_get_refcount(c->bs, cl, &rc, err);
+    if (r < 0)
+        return r;
+    if (want)
+        c->res->image_end = (cl + 1) << s->cluster_bits;
+    if (rc < want) {
+        problem(c, false, "cluster %llu has refcount %llu but %llu references",
+                (unsigned long long)cl, (unsigned long long)rc, (unsigned long long)want);
+    } else if (rc > want) {
+        problem(c, true, "cluster %llu is leaked (refcount %llu, %llu references)",
+                (unsigned long long)cl, (unsigned long long)rc, (unsigned long long)want);
+        if (repair) {
+            if ((r = qcow2_set_refcount(c->bs, cl, want, err)) < 0)
+                return r;
+            c->res->leaks_fixed++;
         }
     }
     return 0;
+}
+
+/* Refcounts for clusters past the end of the file are leaks. Each distinct
+ * refcount block is looked at once, and only where its bytes are not zero,
+ * so a hostile refcount table cannot make this run for hours. */
+static int compare_beyond_file(struct check *c, bool repair, struct nv_error *err)
+{
+    struct qcow2_state *s = c->bs->opaque;
+    uint8_t *seen = calloc(c->nclusters + 1, 1);
+    if (!seen)
+        return nv_error_set(err, -ENOMEM, "out of memory");
+    uint64_t bytes_per_entry_bits = 1u << s->refcount_order; /* bits */
+    int r = 0;
+    for (uint64_t i = 0; i < s->reftable_entries && r == 0; i++) {
+        uint64_t block = s->reftable[i] & QCOW2_OFFSET_MASK, first = i * s->refblock_entries;
+        uint64_t bc = block >> s->cluster_bits;
+        if (!block || first + s->refblock_entries <= c->nclusters || bc >= c->nclusters || seen[bc])
+            continue;
+        seen[bc] = 1;
+        uint8_t *data;
+        if ((r = qcow2_cache_get(c->bs, &s->refblock_cache, block, false, &data, err)) < 0)
+            break;
+        uint64_t from = first < c->nclusters ? c->nclusters - first : 0;
+        uint64_t byte = from * bytes_per_entry_bits / 8;
+        bool any = false;
+        for (uint64_t k = byte; k < s->cluster_size && !any; k++)
+            any = data[k] != 0;
+        for (uint64_t e = from; any && e < s->refblock_entries && r == 0; e++)
+            r = compare_cluster(c, first + e, repair, err);
+    }
+    free(seen);
+    return r;
+}
+
+static int compare(struct check *c, bool repair, struct nv_error *err)
+{
+    int r = 0;
+    for (uint64_t cl = 0; cl < c->nclusters && r == 0; cl++)
+        r = compare_cluster(c, cl, repair, err);
+    return r < 0 ? r : compare_beyond_file(c, repair, err);
 }
 
 int qcow2_check(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,

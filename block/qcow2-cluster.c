@@ -184,7 +184,7 @@ static int64_t alloc_cluster(struct bdrv_node *bs, struct nv_error *err)
     int64_t off = qcow2_alloc_clusters(bs, 1, err);
     if (off < 0)
         return off;
-    int r = qcow2_check_overlap(bs, (uint64_t)off, s->cluster_size, 0, err);
+    int r = qcow2_check_overlap(bs, (uint64_t)off, s->cluster_size, QCOW2_META_NONE, err);
     return r < 0 ? r : off;
 }
 
@@ -308,7 +308,7 @@ static int check_entry_target(struct bdrv_node *bs, uint64_t entry, enum cluster
         qcow2_compressed_range(s, entry, &off, &len);
     else if (kind != NORMAL && kind != ZERO_ALLOC)
         return 0;
-    int r = qcow2_check_overlap(bs, off, len, 0, err);
+    int r = qcow2_check_overlap(bs, off, len, QCOW2_META_NONE, err);
     return r < 0 ? nv_error_prefix(err, r, "an L2 entry points at metadata") : 0;
 }
 

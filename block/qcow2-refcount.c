@@ -118,21 +118,19 @@ static int set_in_block(struct bdrv_node *bs, uint64_t cluster, uint64_t refcoun
 
 /* A missing refcount block i lives at the first cluster of the range it
  * describes; that cluster is never handed out while the block is missing. */
-static int create_refblock(struct bdrv_node *bs, uint64_t index, uint64_t extra_clusters,
-                           struct nv_error *err)
+static int create_refblock(struct bdrv_node *bs, uint64_t index, struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t first = index * s->refblock_entries, offset;
     if (nv_mul_overflow_u64(first, s->cluster_size, &offset) || offset > (1ull << 56))
         return nv_error_set(err, -EFBIG, "%s: image too large", bs->filename);
-    int r = qcow2_check_overlap(bs, offset, s->cluster_size, 0, err);
+    int r = qcow2_check_overlap(bs, offset, s->cluster_size, QCOW2_META_NONE, err);
     uint8_t *data;
     if (r == 0)
         r = qcow2_cache_get(bs, &s->refblock_cache, offset, true, &data, err);
     if (r < 0)
         return r;
-    for (uint64_t i = 0; i <= extra_clusters; i++)
-        refblock_set(s, data, i, 1); /* itself, and a new reftable right after it */
+    refblock_set(s, data, 0, 1); /* itself */
     qcow2_cache_mark_dirty(&s->refblock_cache, offset);
     s->reftable[index] = offset;
     s->reftable_dirty = true;
@@ -146,27 +144,47 @@ static int grow_reftable(struct bdrv_node *bs, uint64_t index, struct nv_error *
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t per_cluster = s->cluster_size / 8;
-    uint64_t entries = index + 1 > 2 * s->reftable_entries ? index + 1 : 2 * s->reftable_entries;
-    uint64_t clusters = (entries + per_cluster - 1) / per_cluster;
-    entries = clusters * per_cluster;
-    if (clusters + 1 > s->refblock_entries || entries * 8 > QCOW2_MAX_REFTABLE_BYTES)
+    uint64_t want[2] = {index + 1 > 2 * s->reftable_entries ? index + 1 : 2 * s->reftable_entries,
+                        index + 1};
+    uint64_t entries = 0, clusters = 0;
+    for (int i = 0; i < 2 && !entries; i++) { /* doubled if it fits, else just enough */
+        uint64_t c = (want[i] + per_cluster - 1) / per_cluster;
+        if (c + 1 <= s->refblock_entries && c * s->cluster_size <= QCOW2_MAX_REFTABLE_BYTES) {
+            clusters = c;
+            entries = c * per_cluster;
+        }
+    }
+    if (!entries)
         return nv_error_set(err, -EFBIG,
                             "%s: the refcount table cannot grow further with %llu-byte clusters",
                             bs->filename, (unsigned long long)s->cluster_size);
+    uint64_t block = index * s->refblock_entries * s->cluster_size,
+             table_off = block + s->cluster_size;
     uint64_t *table = calloc(entries, 8);
+    uint8_t *data;
     if (!table)
         return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
+    int r = qcow2_check_overlap(bs, block, (clusters + 1) * s->cluster_size, QCOW2_META_NONE, err);
+    if (r == 0)
+        r = qcow2_cache_get(bs, &s->refblock_cache, block, true, &data, err);
+    if (r < 0) { /* nothing changed yet */
+        free(table);
+        return r;
+    }
+    /* The new block counts itself and the table right after it. */
+    for (uint64_t i = 0; i <= clusters; i++)
+        refblock_set(s, data, i, 1);
+    qcow2_cache_mark_dirty(&s->refblock_cache, block);
     memcpy(table, s->reftable, s->reftable_entries * 8);
+    table[index] = block;
+    /* From here on nothing fails: switch to the new table. */
     uint64_t old_offset = s->reftable_offset, old_clusters = s->reftable_clusters;
     free(s->reftable);
     s->reftable = table;
     s->reftable_entries = entries;
-    s->reftable_offset = (index * s->refblock_entries + 1) * s->cluster_size;
+    s->reftable_offset = table_off;
     s->reftable_clusters = (uint32_t)clusters;
-    int r = create_refblock(bs, index, clusters, err);
-    if (r < 0)
-        return r;
-    s->header_reftable_dirty = true;
+    s->reftable_dirty = s->header_reftable_dirty = true;
     r = qcow2_free_later(bs, old_offset, old_clusters * s->cluster_size, err);
     /* Rare: put the new structures on disk right away, in order. */
     return r < 0 ? r : qcow2_flush_metadata(bs, err);
@@ -182,7 +200,7 @@ static int ensure_refblock(struct bdrv_node *bs, uint64_t index, bool *grew, str
         *grew = true;
         return grow_reftable(bs, index, err);
     }
-    return create_refblock(bs, index, 0, err);
+    return create_refblock(bs, index, err);
 }
 
 int qcow2_set_refcount(struct bdrv_node *bs, uint64_t cluster, uint64_t refcount,
@@ -208,10 +226,27 @@ static int cluster_is_free(struct bdrv_node *bs, uint64_t cluster, bool *is_free
     return r;
 }
 
+/* The end of the clusters the existing refcount blocks describe. */
+static uint64_t backed_end(const struct qcow2_state *s)
+{
+    for (uint64_t i = s->reftable_entries; i > 0; i--)
+        if (refblock_offset(s, i - 1))
+            return i * s->refblock_entries;
+    return 0;
+}
+
 static int find_free_run(struct bdrv_node *bs, uint64_t n, uint64_t *start, struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
-    uint64_t run = 0, c = s->free_hint;
+    uint64_t run = 0, c = s->free_hint, end = backed_end(s);
+    /* Past the existing refcount blocks the first cluster of every range is
+     * kept for its block, so no run can be longer than a range less one. */
+    if (n >= s->refblock_entries && c + n > end)
+        return nv_error_set(err, -EFBIG,
+                            "%s: %llu contiguous clusters cannot be allocated with %llu-byte "
+                            "clusters and %u-bit refcounts; use larger clusters",
+                            bs->filename, (unsigned long long)n,
+                            (unsigned long long)s->cluster_size, 1u << s->refcount_order);
     *start = c;
     while (run < n) {
         bool is_free;
@@ -234,7 +269,7 @@ int64_t qcow2_alloc_clusters(struct bdrv_node *bs, uint64_t n, struct nv_error *
 {
     struct qcow2_state *s = bs->opaque;
     for (;;) {
-        uint64_t start;
+        uint64_t start = 0;
         int r = find_free_run(bs, n, &start, err);
         if (r < 0)
             return r;
@@ -270,12 +305,15 @@ int qcow2_free_later(struct bdrv_node *bs, uint64_t offset, uint64_t length, str
     return 0;
 }
 
-static int release(struct bdrv_node *bs, const struct qcow2_pending_free *p, struct nv_error *err)
+/* Drop one reference per cluster; *done counts the clusters released. */
+static int release(struct bdrv_node *bs, const struct qcow2_pending_free *p, uint64_t *done,
+                   struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t first = p->offset >> s->cluster_bits;
     uint64_t last = (p->offset + p->length - 1) >> s->cluster_bits;
-    for (uint64_t c = first; c <= last; c++) {
+    *done = 0;
+    for (uint64_t c = first; c <= last; c++, (*done)++) {
         uint64_t rc;
         int r = qcow2_get_refcount(bs, c, &rc, err);
         if (r < 0)
@@ -303,7 +341,8 @@ int qcow2_sync(struct bdrv_node *bs, struct nv_error *err)
 }
 
 static int write_table(struct bdrv_node *bs, uint64_t offset, const uint64_t *table,
-                       uint64_t entries, uint64_t disk_bytes, struct nv_error *err)
+                       uint64_t entries, uint64_t disk_bytes, enum qcow2_meta kind,
+                       struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t bytes = qcow2_round_up(entries * 8, 512);
@@ -314,7 +353,7 @@ static int write_table(struct bdrv_node *bs, uint64_t offset, const uint64_t *ta
         return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
     for (uint64_t i = 0; i < entries; i++)
         be[i] = htobe64(table[i]);
-    int r = qcow2_check_overlap(bs, offset, bytes, offset, err);
+    int r = qcow2_check_overlap(bs, offset, bytes, kind, err);
     if (r == 0)
         r = bdrv_pwrite(s->file, offset, be, bytes, err);
     free(be);
@@ -331,12 +370,20 @@ static int apply_pending_frees(struct bdrv_node *bs, struct nv_error *err)
     s->npending = s->pending_cap = 0;
     int r = 0;
     size_t i;
-    for (i = 0; i < n && r == 0; i++)
-        r = release(bs, &list[i], err);
-    for (; i < n; i++) /* keep what was not released for the next flush */
-        qcow2_free_later(bs, list[i].offset, list[i].length, NULL);
+    uint64_t done = 0;
+    for (i = 0; i < n; i++)
+        if ((r = release(bs, &list[i], &done, err)) < 0)
+            break;
+    for (; i < n; i++, done = 0) { /* what was not released waits for the next flush */
+        uint64_t skip = (list[i].offset & (s->cluster_size - 1)) + (done << s->cluster_bits);
+        uint64_t start = (list[i].offset & ~(s->cluster_size - 1)) + (done << s->cluster_bits);
+        if (skip < (list[i].offset & (s->cluster_size - 1)) + list[i].length)
+            qcow2_free_later(
+                bs, start, (list[i].offset & (s->cluster_size - 1)) + list[i].length - skip, NULL);
+    }
     free(list);
-    return r < 0 ? r : qcow2_cache_write_dirty(bs, &s->refblock_cache, err);
+    int w = qcow2_cache_write_dirty(bs, &s->refblock_cache, QCOW2_META_REFBLOCK, err);
+    return r < 0 ? r : w;
 }
 
 /* The order: refcount increments, the refcount table, the header's pointer to
@@ -345,22 +392,24 @@ static int apply_pending_frees(struct bdrv_node *bs, struct nv_error *err)
 static int flush_stages(struct bdrv_node *bs, struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
-    int r = qcow2_cache_write_dirty(bs, &s->refblock_cache, err);
+    int r = qcow2_cache_write_dirty(bs, &s->refblock_cache, QCOW2_META_REFBLOCK, err);
     if (r == 0 && s->reftable_dirty && (r = qcow2_sync(bs, err)) == 0 &&
         (r = write_table(bs, s->reftable_offset, s->reftable, s->reftable_entries,
-                         (uint64_t)s->reftable_clusters * s->cluster_size, err)) == 0)
+                         (uint64_t)s->reftable_clusters * s->cluster_size, QCOW2_META_REFTABLE,
+                         err)) == 0)
         s->reftable_dirty = false;
     if (r == 0 && s->header_reftable_dirty && (r = qcow2_sync(bs, err)) == 0 &&
-        (r = qcow2_write_header_fields(bs, err)) == 0)
+        (r = qcow2_write_header_fields(bs, false, err)) == 0)
         s->header_reftable_dirty = false;
     if (r == 0 && qcow2_cache_has_dirty(&s->l2_cache) && (r = qcow2_sync(bs, err)) == 0)
-        r = qcow2_cache_write_dirty(bs, &s->l2_cache, err);
+        r = qcow2_cache_write_dirty(bs, &s->l2_cache, QCOW2_META_L2, err);
     if (r == 0 && s->l1_dirty && (r = qcow2_sync(bs, err)) == 0 &&
         (r = write_table(bs, s->l1_offset, s->l1, s->l1_size,
-                         (uint64_t)s->l1_clusters_allocated * s->cluster_size, err)) == 0)
+                         (uint64_t)s->l1_clusters_allocated * s->cluster_size, QCOW2_META_L1,
+                         err)) == 0)
         s->l1_dirty = false;
     if (r == 0 && s->header_l1_dirty && (r = qcow2_sync(bs, err)) == 0 &&
-        (r = qcow2_write_header_fields(bs, err)) == 0)
+        (r = qcow2_write_header_fields(bs, true, err)) == 0)
         s->header_l1_dirty = false;
     if (r == 0 && s->npending && (r = qcow2_sync(bs, err)) == 0)
         r = apply_pending_frees(bs, err);
@@ -395,16 +444,19 @@ static int overlap_error(struct bdrv_node *bs, uint64_t offset, uint64_t length,
                         (unsigned long long)at);
 }
 
-int qcow2_check_overlap(struct bdrv_node *bs, uint64_t offset, uint64_t length, uint64_t ignore,
+int qcow2_check_overlap(struct bdrv_node *bs, uint64_t offset, uint64_t length, enum qcow2_meta own,
                         struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t cs = s->cluster_size;
+    /* own: the kind of structure being written at offset, which it may
+     * overlap (itself); anything else at that place is refused. */
     if (overlaps(offset, length, 0, cs))
         return overlap_error(bs, offset, length, "header", 0, err);
-    if (ignore != s->l1_offset && overlaps(offset, length, s->l1_offset, (uint64_t)s->l1_size * 8))
+    if (!(own == QCOW2_META_L1 && offset == s->l1_offset) &&
+        overlaps(offset, length, s->l1_offset, (uint64_t)s->l1_size * 8))
         return overlap_error(bs, offset, length, "L1 table", s->l1_offset, err);
-    if (ignore != s->reftable_offset &&
+    if (!(own == QCOW2_META_REFTABLE && offset == s->reftable_offset) &&
         overlaps(offset, length, s->reftable_offset, (uint64_t)s->reftable_clusters * cs))
         return overlap_error(bs, offset, length, "refcount table", s->reftable_offset, err);
     if (overlaps(offset, length, s->snapshots_offset, s->snapshots_size))
@@ -416,12 +468,12 @@ int qcow2_check_overlap(struct bdrv_node *bs, uint64_t offset, uint64_t length, 
                                  err);
     for (uint32_t i = 0; i < s->l1_size; i++) {
         uint64_t l2 = s->l1[i] & QCOW2_OFFSET_MASK;
-        if (l2 && l2 != ignore && overlaps(offset, length, l2, cs))
+        if (l2 && !(own == QCOW2_META_L2 && l2 == offset) && overlaps(offset, length, l2, cs))
             return overlap_error(bs, offset, length, "L2 table", l2, err);
     }
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         uint64_t rb = s->reftable[i] & QCOW2_OFFSET_MASK;
-        if (rb && rb != ignore && overlaps(offset, length, rb, cs))
+        if (rb && !(own == QCOW2_META_REFBLOCK && rb == offset) && overlaps(offset, length, rb, cs))
             return overlap_error(bs, offset, length, "refcount block", rb, err);
     }
     return 0;

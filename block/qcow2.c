@@ -110,6 +110,9 @@ static int parse_sizes(struct bdrv_node *bs, const uint8_t *h, uint64_t file_len
     s->virtual_size = be64_at(h + 24);
     s->l1_size = be32_at(h + 36);
     s->l1_offset = be64_at(h + 40);
+    s->disk_l1_size = s->l1_size;
+    s->disk_l1_offset = s->l1_offset;
+    s->disk_virtual_size = s->virtual_size;
     s->reftable_offset = be64_at(h + 48);
     s->reftable_clusters = be32_at(h + 56);
     s->nb_snapshots = be32_at(h + 60);
@@ -276,6 +279,58 @@ static int check_entries(struct bdrv_node *bs, const char *what, const uint64_t 
     return 0;
 }
 
+struct meta_range {
+    uint64_t start, end;
+    const char *kind;
+};
+
+static int compare_ranges(const void *a, const void *b)
+{
+    const struct meta_range *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* No two metadata structures of different kinds may share a byte: every L2
+ * table and refcount block against the header, the tables and each other.
+ * Sorted, so a hostile image cannot make it quadratic. */
+static int check_metadata_layout(struct bdrv_node *bs, struct nv_error *err)
+{
+    struct qcow2_state *s = bs->opaque;
+    size_t cap = 4 + (size_t)s->l1_size + (size_t)s->reftable_entries, n = 0;
+    struct meta_range *r = malloc(cap * sizeof(*r));
+    if (!r)
+        return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
+    uint64_t cs = s->cluster_size;
+    r[n++] = (struct meta_range){0, cs, "header"};
+    r[n++] = (struct meta_range){s->l1_offset, s->l1_offset + (uint64_t)s->l1_size * 8, "L1 table"};
+    r[n++] = (struct meta_range){s->reftable_offset,
+                                 s->reftable_offset + (uint64_t)s->reftable_clusters * cs,
+                                 "refcount table"};
+    for (uint32_t i = 0; i < s->l1_size; i++)
+        if (s->l1[i] & QCOW2_OFFSET_MASK)
+            r[n++] = (struct meta_range){s->l1[i] & QCOW2_OFFSET_MASK,
+                                         (s->l1[i] & QCOW2_OFFSET_MASK) + cs, "L2 table"};
+    for (uint64_t i = 0; i < s->reftable_entries; i++)
+        if (s->reftable[i] & QCOW2_OFFSET_MASK)
+            r[n++] =
+                (struct meta_range){s->reftable[i] & QCOW2_OFFSET_MASK,
+                                    (s->reftable[i] & QCOW2_OFFSET_MASK) + cs, "refcount block"};
+    qsort(r, n, sizeof(*r), compare_ranges);
+    int ret = 0;
+    for (size_t i = 1; i < n && ret == 0; i++) {
+        /* The furthest-reaching earlier range, against this one. */
+        if (r[i - 1].end > r[i].start && r[i - 1].start < r[i].end &&
+            strcmp(r[i - 1].kind, r[i].kind) != 0)
+            ret = BAD("%s: the %s at offset %llu overlaps the %s at offset %llu", bs->filename,
+                      r[i].kind, (unsigned long long)r[i].start, r[i - 1].kind,
+                      (unsigned long long)r[i - 1].start);
+        if (r[i].end < r[i - 1].end)
+            r[i] = (struct meta_range){r[i].start, r[i - 1].end, r[i - 1].kind};
+    }
+    free(r);
+    return ret;
+}
+
 static int load_snapshots(struct bdrv_node *bs, uint64_t file_len, struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
@@ -348,18 +403,23 @@ static int open_backing(struct bdrv_node *bs, const char *fmt, struct nv_error *
                : nv_error_prefix(err, err ? err->code : -EIO, "%s: backing file", bs->filename);
 }
 
-int qcow2_write_header_fields(struct bdrv_node *bs, struct nv_error *err)
+int qcow2_write_header_fields(struct bdrv_node *bs, bool with_l1, struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
+    if (with_l1) {
+        s->disk_l1_size = s->l1_size;
+        s->disk_l1_offset = s->l1_offset;
+        s->disk_virtual_size = s->virtual_size;
+    }
     uint8_t h[QCOW2_V3_HEADER_LEN] = {0};
     put_be32(h, QCOW2_MAGIC_BE);
     put_be32(h + 4, s->version);
     put_be64(h + 8, s->backing_file_offset);
     put_be32(h + 16, s->backing_file_size);
     put_be32(h + 20, s->cluster_bits);
-    put_be64(h + 24, s->virtual_size);
-    put_be32(h + 36, s->l1_size);
-    put_be64(h + 40, s->l1_offset);
+    put_be64(h + 24, s->disk_virtual_size);
+    put_be32(h + 36, s->disk_l1_size);
+    put_be64(h + 40, s->disk_l1_offset);
     put_be64(h + 48, s->reftable_offset);
     put_be32(h + 56, s->reftable_clusters);
     put_be32(h + 60, s->nb_snapshots);
@@ -398,7 +458,7 @@ static int prepare_for_writing(struct bdrv_node *bs, struct nv_error *err)
     if (!s->autoclear)
         return 0;
     s->autoclear = 0;
-    int r = qcow2_write_header_fields(bs, err);
+    int r = qcow2_write_header_fields(bs, false, err);
     return r < 0 ? r : qcow2_sync(bs, err);
 }
 
@@ -424,14 +484,17 @@ static int qcow2_open(struct bdrv_node *bs, const char *spec, struct nv_error *e
     if (r == 0)
         r = load_snapshots(bs, (uint64_t)file_len, err);
     if (r == 0)
+        r = check_metadata_layout(bs, err);
+    if (r == 0)
         s->l1_clusters_allocated =
             (uint32_t)(qcow2_round_up((uint64_t)s->l1_size * 8, s->cluster_size) >>
                        s->cluster_bits);
-    if (r == 0 && (qcow2_cache_init(&s->l2_cache, cache_count(4u << 20, s->cluster_size, 1024),
-                                    s->cluster_size) < 0 ||
-                   qcow2_cache_init(&s->refblock_cache, cache_count(1u << 20, s->cluster_size, 256),
-                                    s->cluster_size) < 0 ||
-                   !(s->decomp_buf = malloc(s->cluster_size))))
+    if (r == 0 &&
+        (qcow2_cache_init(&s->l2_cache, QCOW2_META_L2, cache_count(4u << 20, s->cluster_size, 1024),
+                          s->cluster_size) < 0 ||
+         qcow2_cache_init(&s->refblock_cache, QCOW2_META_REFBLOCK,
+                          cache_count(1u << 20, s->cluster_size, 256), s->cluster_size) < 0 ||
+         !(s->decomp_buf = malloc(s->cluster_size))))
         r = nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
     if (r == 0 && s->backing_file_size)
         r = open_backing(bs, backing_fmt, err);
@@ -443,7 +506,7 @@ static int qcow2_open(struct bdrv_node *bs, const char *spec, struct nv_error *e
 static void qcow2_close(struct bdrv_node *bs)
 {
     struct qcow2_state *s = bs->opaque;
-    if ((bs->flags & BDRV_O_RDWR) && s->l1) {
+    if ((bs->flags & BDRV_O_OWNER) && s->l1) {
         struct nv_error err = {0};
         if (qcow2_flush_metadata(bs, &err) < 0 || qcow2_sync(bs, &err) < 0)
             fprintf(stderr, "nvtpm: %s\n", err.msg);
@@ -481,18 +544,26 @@ static int qcow2_pread(struct bdrv_node *bs, uint64_t offset, void *buf, size_t 
     return r < 0 ? r : qcow2_read(bs, offset, buf, len, err);
 }
 
+static int qcow2_flush(struct bdrv_node *bs, struct nv_error *err);
+
+/* directsync: a write is durable when it returns, its metadata included. */
+static int after_write(struct bdrv_node *bs, int r, struct nv_error *err)
+{
+    return r == 0 && (bs->flags & BDRV_O_CACHE_DIRECTSYNC) ? qcow2_flush(bs, err) : r;
+}
+
 static int qcow2_pwrite(struct bdrv_node *bs, uint64_t offset, const void *buf, size_t len,
                         struct nv_error *err)
 {
     int r = check_request(bs, "write", offset, len, err);
-    return r < 0 ? r : qcow2_write(bs, offset, buf, len, err);
+    return r < 0 ? r : after_write(bs, qcow2_write(bs, offset, buf, len, err), err);
 }
 
 static int qcow2_pwrite_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len,
                                struct nv_error *err)
 {
     int r = check_request(bs, "write", offset, len, err);
-    return r < 0 ? r : qcow2_write_zeroes(bs, offset, len, err);
+    return r < 0 ? r : after_write(bs, qcow2_write_zeroes(bs, offset, len, err), err);
 }
 
 static int qcow2_flush(struct bdrv_node *bs, struct nv_error *err)
@@ -562,6 +633,36 @@ static int qcow2_truncate(struct bdrv_node *bs, uint64_t length, struct nv_error
     return qcow2_resize(bs, length, err);
 }
 
+static int qcow2_reopen_check(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err)
+{
+    struct qcow2_state *s = bs->opaque;
+    bool was_rw = bs->flags & BDRV_O_RDWR, will_rw = new_flags & BDRV_O_RDWR;
+    if (was_rw && (bs->flags & BDRV_O_OWNER) && !(will_rw && (new_flags & BDRV_O_OWNER)))
+        return qcow2_flush(bs, err); /* nothing cached may be left unwritable */
+    if (!was_rw && will_rw) {
+        if (s->backing)
+            return nv_error_set(err, -ENOTSUP,
+                                "%s: writing to an image with a backing file is "
+                                "not supported",
+                                bs->filename);
+        if (s->incompatible & (QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_DIRTY))
+            return nv_error_set(err, -EUCLEAN,
+                                "%s: the image is marked %s; repair it with "
+                                "'qemu-img check -r all' first",
+                                bs->filename,
+                                (s->incompatible & QCOW2_INCOMPAT_CORRUPT) ? "corrupt" : "dirty");
+    }
+    return 0;
+}
+
+static void qcow2_reopen_done(struct bdrv_node *bs, unsigned old_flags)
+{
+    struct nv_error err = {0};
+    if (!(old_flags & BDRV_O_OWNER) && (bs->flags & BDRV_O_OWNER) &&
+        prepare_for_writing(bs, &err) < 0)
+        fprintf(stderr, "nvtpm: %s\n", err.msg);
+}
+
 const struct bdrv_driver bdrv_qcow2 = {
     .name = "qcow2",
     .state_size = sizeof(struct qcow2_state),
@@ -575,4 +676,6 @@ const struct bdrv_driver bdrv_qcow2 = {
     .truncate = qcow2_truncate,
     .check = qcow2_check,
     .create = qcow2_create,
+    .reopen_check = qcow2_reopen_check,
+    .reopen_done = qcow2_reopen_done,
 };

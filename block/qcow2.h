@@ -50,7 +50,18 @@ struct qcow2_table {
     uint64_t used; /* for LRU */
 };
 
+/* Kinds of metadata, for overlap checks: a structure may be written over
+ * itself, never over another. */
+enum qcow2_meta {
+    QCOW2_META_NONE,
+    QCOW2_META_L1,
+    QCOW2_META_REFTABLE,
+    QCOW2_META_L2,
+    QCOW2_META_REFBLOCK,
+};
+
 struct qcow2_cache {
+    enum qcow2_meta kind;
     struct qcow2_table *tables;
     unsigned count;
     uint64_t tick;
@@ -88,6 +99,8 @@ struct qcow2_state {
     uint64_t *l1; /* host byte order */
     uint32_t l1_size;
     uint64_t l1_offset;
+    uint32_t disk_l1_size; /* what the header on disk says */
+    uint64_t disk_l1_offset, disk_virtual_size;
     uint32_t l1_clusters_allocated; /* clusters of the table on disk */
 
     uint64_t *reftable; /* host byte order */
@@ -123,14 +136,16 @@ static inline uint64_t qcow2_round_up(uint64_t v, uint64_t align)
 }
 
 /* qcow2-cache.c */
-int qcow2_cache_init(struct qcow2_cache *c, unsigned count, uint64_t cluster_size);
+int qcow2_cache_init(struct qcow2_cache *c, enum qcow2_meta kind, unsigned count,
+                     uint64_t cluster_size);
 void qcow2_cache_destroy(struct qcow2_cache *c);
 /* Find or load the table at offset; fresh = start from zeros, not disk. */
 int qcow2_cache_get(struct bdrv_node *bs, struct qcow2_cache *c, uint64_t offset, bool fresh,
                     uint8_t **data, struct nv_error *err);
 void qcow2_cache_mark_dirty(struct qcow2_cache *c, uint64_t offset);
 /* Write every dirty table of c (after an overlap check each). */
-int qcow2_cache_write_dirty(struct bdrv_node *bs, struct qcow2_cache *c, struct nv_error *err);
+int qcow2_cache_write_dirty(struct bdrv_node *bs, struct qcow2_cache *c, enum qcow2_meta kind,
+                            struct nv_error *err);
 bool qcow2_cache_has_dirty(const struct qcow2_cache *c);
 void qcow2_cache_forget(struct qcow2_cache *c, uint64_t offset);
 
@@ -148,10 +163,12 @@ int qcow2_free_later(struct bdrv_node *bs, uint64_t offset, uint64_t length, str
 int qcow2_flush_metadata(struct bdrv_node *bs, struct nv_error *err);
 int qcow2_sync(struct bdrv_node *bs, struct nv_error *err);
 /* Refuse a metadata or data write that would land on a metadata structure
- * other than the one being written (ignore = its own offset, or 0). */
-int qcow2_check_overlap(struct bdrv_node *bs, uint64_t offset, uint64_t length, uint64_t ignore,
+ * other than the one being written (own: its kind; QCOW2_META_NONE for data). */
+int qcow2_check_overlap(struct bdrv_node *bs, uint64_t offset, uint64_t length, enum qcow2_meta own,
                         struct nv_error *err);
-int qcow2_write_header_fields(struct bdrv_node *bs, struct nv_error *err);
+/* The fixed header fields; with_l1 publishes the in-memory L1 table and size,
+ * otherwise the ones already on disk are kept. */
+int qcow2_write_header_fields(struct bdrv_node *bs, bool with_l1, struct nv_error *err);
 
 /* qcow2-cluster.c */
 int qcow2_read(struct bdrv_node *bs, uint64_t offset, uint8_t *buf, size_t len,

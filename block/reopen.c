@@ -59,14 +59,31 @@ static int reopen_descriptors(struct bdrv_node *bs, struct fdstash *stash, unsig
     return 0;
 }
 
+static int reopen_flags(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err);
+
 int bdrv_reopen(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err)
 {
-    struct bdrv_node *leaf = bdrv_leaf(bs);
     unsigned old_flags = bs->flags;
     if ((new_flags & BDRV_O_OWNER) && !(new_flags & BDRV_O_RDWR))
         return nv_error_set(err, -EINVAL, "%s: ownership needs a read-write open", bs->filename);
     if (new_flags == old_flags)
         return 0;
+    for (struct bdrv_node *n = bs; n; n = n->file) {
+        int r = n->drv->reopen_check ? n->drv->reopen_check(n, new_flags, err) : 0;
+        if (r < 0)
+            return r;
+    }
+    int r = reopen_flags(bs, new_flags, err);
+    for (struct bdrv_node *n = bs; r == 0 && n; n = n->file)
+        if (n->drv->reopen_done)
+            n->drv->reopen_done(n, old_flags);
+    return r;
+}
+
+static int reopen_flags(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err)
+{
+    struct bdrv_node *leaf = bdrv_leaf(bs);
+    unsigned old_flags = bs->flags;
     if (!((new_flags ^ old_flags) & BDRV_O_RDWR))
         return reopen_in_place(bs, new_flags, err);
     if (!(new_flags & BDRV_O_RDWR) && leaf->locks.depth && leaf->locks.mode == BDRV_LOCK_EXCLUSIVE)

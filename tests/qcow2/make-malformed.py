@@ -93,6 +93,10 @@ case('compressed-garbage', 'read', 'does not decompress', [(L2, 'Q', (1 << 62) |
 case('l2-entry-at-refblock', 'write', 'points at metadata',
      [(L2, 'Q', (be('Q', RT) & ~0x1ff) | (1 << 63))])
 case('l2-entry-at-l1', 'write', 'points at metadata', [(L2, 'Q', L1 | (1 << 63))])
+case('l1-entry-at-refblock', 'open', 'overlaps', [(L1, 'Q', be('Q', RT) | (1 << 63))])
+case('l1-entry-at-l1', 'open', 'overlaps', [(L1, 'Q', L1 | (1 << 63))])
+case('l1-entry-at-reftable', 'open', 'overlaps', [(L1, 'Q', RT | (1 << 63))])
+case('refblock-at-l2', 'open', 'overlaps', [(RT, 'Q', L2)])
 case('corrupt-bit', 'open', 'marked corrupt', [(72, 'Q', 1 << 1)])
 case('dirty-bit', 'open', 'marked dirty', [(72, 'Q', 1 << 0)])
 

@@ -117,6 +117,34 @@ qio -c 'read -P 0x31 1000M 64k' "$R" && pass "qemu-io reads past the old end" ||
 expect_exit 1 "shrinking is refused" -- "$IO" -c 'truncate 1M' "$R"
 expect_output "shrinking" "the refusal says why"
 
+# --- directsync and reopen keep the metadata honest -------------------------------
+D2=$T/dsync.qcow2
+qemu-img create -q -f qcow2 "$D2" 4M
+"$IO" --cache directsync -c 'write -P 0x5a 0 64k' -c 'echo written' -c 'sleep 20000' "$D2" >"$T/ds" 2>&1 &
+ds=$!
+for _ in $(seq 100); do grep -q written "$T/ds" && break; sleep 0.05; done
+kill -9 $ds; wait $ds 2>/dev/null
+qio -r -c 'read -P 0x5a 0 64k' "$D2" && pass "directsync: a write is there after kill -9, metadata included" \
+    || fail "directsync: a write is there after kill -9, metadata included" "$(cat "$T/qio.out")"
+clean "$D2" && pass "directsync: clean after kill -9" || fail "directsync: clean after kill -9" "$(cat "$T/check.out")"
+R2=$T/reopen.qcow2
+qemu-img create -q -f qcow2 "$R2" 4M
+expect_exit 0 "write, then reopen read-only" -- "$IO" -c 'write -P 0x6b 0 64k' -c 'reopen -r' -c 'read -P 0x6b 0 64k' "$R2"
+qio -r -c 'read -P 0x6b 0 64k' "$R2" && pass "the write survived the reopen to read-only" || fail "the write survived the reopen to read-only"
+clean "$R2" && pass "clean after the reopen" || fail "clean after the reopen" "$(cat "$T/check.out")"
+expect_exit 0 "read-only, then reopen read-write and write" -- "$IO" -r -c 'reopen -w' -c 'write -P 0x7c 64k 4k' "$R2"
+clean "$R2" && pass "clean after writing through a reopen" || fail "clean after writing through a reopen" "$(cat "$T/check.out")"
+G=$T/grow512.qcow2
+qemu-img create -q -f qcow2 -o cluster_size=512 "$G" 1M
+start=$(date +%s)
+timeout 60 "$IO" -c 'truncate 600M' "$G" >"$T/out" 2>"$T/err"; rc=$?
+[ $rc -eq 1 ] && grep -q "use larger clusters" "$T/err" && [ $(( $(date +%s) - start )) -lt 20 ] \
+    && pass "a resize that needs an L1 table longer than a refcount block's range fails at once, saying why" \
+    || fail "a resize that needs an L1 table longer than a refcount block's range fails at once, saying why" "rc $rc: $(cat "$T/err")"
+clean "$G" && pass "and leaves the image clean" || fail "and leaves the image clean" "$(cat "$T/check.out")"
+expect_exit 0 "a resize that fits works (512-byte clusters, 100M)" -- "$IO" -c 'truncate 100M' -c 'write -P 1 99M 4k' "$G"
+clean "$G" && pass "clean after it" || fail "clean after it" "$(cat "$T/check.out")"
+
 # --- refusals, the file untouched ---------------------------------------------------------
 refused() { # NAME PATTERN IMG [nvtpm-io options]
     local name=$1 pattern=$2 img=$3 before after
@@ -161,6 +189,7 @@ K=$T/corrupt.qcow2
 qemu-img create -q -f qcow2 "$K" 1M && setbit "$K" 79 0x02
 refused "marked corrupt, read-write" "marked corrupt" "$K"
 expect_exit 0 "marked corrupt: read-only still works" -- "$IO" -r -c 'read 0 512' "$K"
+refused "marked corrupt: reopen read-write" "marked corrupt" "$K" -r -c 'reopen -w' 
 Y=$T/dirty.qcow2
 qemu-img create -q -f qcow2 "$Y" 1M && setbit "$Y" 79 0x01
 refused "marked dirty, read-write" "marked dirty" "$Y"
@@ -170,6 +199,7 @@ B=$T/base.qcow2 O=$T/overlay.qcow2 BR=$T/base.raw OR=$T/overlay-raw.qcow2
 qemu-img create -q -f qcow2 "$B" 4M && qio -c 'write -P 0x99 0 1M' "$B"
 qemu-img create -q -f qcow2 -b "$B" -F qcow2 "$O" && qio -c 'write -P 0x55 512k 4k' "$O"
 refused "writes with a backing file" "backing file" "$O"
+refused "reopening an overlay read-write" "backing file" "$O" -r -c 'reopen -w' -c 'write 0 512' 
 expect_exit 0 "a qcow2 backing file is read through" -- "$IO" -r -c 'read -P 0x99 0 512k' -c 'read -P 0x55 512k 4k' -c 'read -P 0 1M 3M' "$O"
 qemu-img create -q -f raw "$BR" 4M && qio -f raw -c 'write -P 0x88 1M 1M' "$BR"
 qemu-img create -q -f qcow2 -b "$BR" -F raw "$OR"

@@ -1,13 +1,16 @@
 /* qcow2-workload.c - a seeded random workload through the block layer,
  * mirrored into a raw reference file, for `qemu-img compare` afterwards.
  *
- *   qcow2-workload SPEC REF SEED COUNT [FLUSH_EVERY]
+ *   qcow2-workload SPEC REF SEED COUNT [FLUSH_EVERY [keep-going]]
  *
  * SPEC is opened read-write (owner) with its format probed; REF is a raw file
  * of the same virtual size. Writes (random bytes, aligned or not, one byte to
  * three clusters, biased to a hot region so that many overwrite), zero writes,
- * flushes and verified reads. Exit 0 when every read matched the reference. */
+ * flushes and verified reads. Exit 0 when every read matched the reference.
+ * keep-going: failed requests (injected faults) do not stop the run and reads
+ * are not verified; the point is what the image looks like afterwards. */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,7 +63,8 @@ int main(int argc, char **argv)
     }
     struct nv_error err = {0};
     rng_state = strtoull(argv[3], NULL, 0) * 2654435761u + 1;
-    long count = atol(argv[4]), flush_every = argc > 5 ? atol(argv[5]) : 0;
+    long count = atol(argv[4]), flush_every = argc > 5 ? atol(argv[5]) : 0, failures = 0;
+    bool keep_going = argc > 6 && strcmp(argv[6], "keep-going") == 0;
     struct bdrv_node *bs = bdrv_open(argv[1], BDRV_O_RDWR | BDRV_O_OWNER, NULL, &err);
     int ref = open(argv[2], O_RDWR | O_CLOEXEC);
     if (!bs || ref < 0) {
@@ -86,7 +90,7 @@ int main(int argc, char **argv)
             r = bdrv_pread(bs, off, back, len, &err);
             if (r == 0 && pread(ref, buf, len, (off_t)off) != (ssize_t)len)
                 r = -EIO;
-            if (r == 0 && memcmp(buf, back, len) != 0) {
+            if (r == 0 && !keep_going && memcmp(buf, back, len) != 0) {
                 for (uint64_t j = 0; j < len; j++)
                     if (buf[j] != back[j]) {
                         fprintf(stderr, "op %ld: byte %llu is 0x%02x, the reference has 0x%02x\n",
@@ -105,15 +109,20 @@ int main(int argc, char **argv)
         }
         if (r < 0 && !err.msg[0])
             snprintf(err.msg, sizeof(err.msg), "op %ld failed: %s", i, strerror(-r));
+        if (r < 0 && keep_going) {
+            failures++;
+            r = 0;
+            err.msg[0] = '\0';
+        }
     }
-    if (r == 0)
-        r = bdrv_flush(bs, &err);
+    if (r == 0 && bdrv_flush(bs, &err) < 0 && !keep_going)
+        r = err.code;
     bdrv_close(bs);
     close(ref);
     free(buf);
     free(back);
-    printf("%ld writes, %ld zero writes, %ld flushes, %ld verified reads\n", writes, zeroes,
-           flushes, reads);
+    printf("%ld writes, %ld zero writes, %ld flushes, %ld verified reads, %ld failed\n", writes,
+           zeroes, flushes, reads, failures);
     if (r < 0) {
         fprintf(stderr, "qcow2-workload: %s\n", err.msg);
         return 1;

@@ -1,0 +1,48 @@
+/* migration.h - moving TPM state in and out: swtpm's state-blob format (the
+ * bytes of GET/SET_STATEBLOB, of `swtpm_ioctl --save`, and of swtpm's state
+ * files). Below tpm/, above nvram/.
+ *
+ * A blob is a 10-byte header (version 2, minimum version 1, header size 10,
+ * flags, total length; big-endian) followed by TLVs (tag 2 bytes, length 4,
+ * value). See docs/migration.md. */
+#ifndef NVTPM_MIGRATION_H
+#define NVTPM_MIGRATION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+/* Header flags. */
+#define MIG_FLAG_ENCRYPTED 0x01u           /* encrypted with the state key */
+#define MIG_FLAG_MIGRATION_ENCRYPTED 0x02u /* encrypted with the migration key */
+#define MIG_FLAG_MIGRATION_DATA 0x04u      /* the data is inside a migration TLV */
+#define MIG_FLAG_STATE_KEY_256 0x08u
+#define MIG_FLAG_MIGRATION_KEY_256 0x10u
+
+/* TLV tags. */
+enum {
+    MIG_TAG_DATA = 1,
+    MIG_TAG_ENCRYPTED_DATA = 2,
+    MIG_TAG_HMAC = 3,
+    MIG_TAG_MIGRATION_DATA = 4,
+    MIG_TAG_ENCRYPTED_MIGRATION_DATA = 5,
+    MIG_TAG_IVEC = 6,
+    MIG_TAG_MIGRATION_IVEC = 7,
+};
+
+#define MIG_HEADER_SIZE 10u
+#define MIG_BLOB_MAX (512u * 1024u + 4096u) /* swtpm's limit, with room for wrapping */
+
+/* A libtpms blob as GET_STATEBLOB returns it: a migration-data blob. */
+int mig_blob_wrap(const uint8_t *state, size_t len, uint8_t **blob, size_t *blob_len,
+                  struct nv_error *err);
+
+/* The libtpms blob inside a blob from swtpm or nvtpm (malloc'd). An empty
+ * blob (length 0) gives an empty state. Encrypted blobs are refused with
+ * -ENOKEY (no key to decrypt them). */
+int mig_blob_unwrap(const uint8_t *blob, size_t len, uint8_t **state, size_t *state_len,
+                    struct nv_error *err);
+
+#endif

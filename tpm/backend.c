@@ -1,0 +1,412 @@
+/* backend.c - the process's one libtpms instance: its NVRAM callbacks on
+ * the NVRAM store, the locality callback, serialised access, and the
+ * orderly-shutdown rules (TPM2_Shutdown(SU_STATE) when the guest did not,
+ * volatile state stored). */
+#include "tpm.h"
+
+#include <errno.h>
+#include <libtpms/tpm_error.h>
+#include <libtpms/tpm_library.h>
+#include <libtpms/tpm_tis.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TPM2_CC_SHUTDOWN 0x00000145u
+#define TPM2_CC_STARTUP 0x00000144u
+#define TPM2_ST_NO_SESSIONS 0x8001u
+#define TPM_ORD_STARTUP 0x00000099u
+
+static struct {
+    struct tpm_backend_options opts;
+    pthread_mutex_t lock;
+    bool running;
+    bool guest_shut_down; /* the last successful command was TPM2_Shutdown */
+    uint8_t locality;
+    unsigned char *resp; /* libtpms' response buffer, reused */
+    uint32_t resp_cap;
+    uint32_t buffer_size;
+} be = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int blob_of(const char *name)
+{
+    return nvram_blob_by_name(name);
+}
+
+static TPM_RESULT cb_nvram_init(void)
+{
+    return TPM_SUCCESS;
+}
+
+static void report(const char *what, const struct nv_error *err)
+{
+    fprintf(stderr, "nvtpm: %s: %s\n", what, err->msg);
+}
+
+static TPM_RESULT cb_load(unsigned char **data, uint32_t *length, uint32_t tpm_number,
+                          const char *name)
+{
+    (void)tpm_number;
+    int blob = blob_of(name);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    struct nv_error err = {0};
+    if (blob < 0)
+        return TPM_FAIL;
+    int r = nvram_load(be.opts.nvram, (enum nvram_blob)blob, &buf, &len, &err);
+    if (r == -ENOENT)
+        return TPM_RETRY;
+    if (r < 0) {
+        report("loading the TPM state", &err);
+        return TPM_FAIL;
+    }
+    *data = buf; /* malloc'd: libtpms frees it */
+    *length = (uint32_t)len;
+    return TPM_SUCCESS;
+}
+
+static TPM_RESULT cb_store(const unsigned char *data, uint32_t length, uint32_t tpm_number,
+                           const char *name)
+{
+    (void)tpm_number;
+    int blob = blob_of(name);
+    struct nv_error err = {0};
+    if (blob < 0)
+        return TPM_FAIL;
+    if (nvram_store(be.opts.nvram, (enum nvram_blob)blob, data, length, &err) < 0) {
+        report("storing the TPM state", &err);
+        return TPM_FAIL;
+    }
+    return TPM_SUCCESS;
+}
+
+static TPM_RESULT cb_delete(uint32_t tpm_number, const char *name, TPM_BOOL must_exist)
+{
+    (void)tpm_number;
+    (void)must_exist;
+    int blob = blob_of(name);
+    struct nv_error err = {0};
+    if (blob < 0)
+        return TPM_FAIL;
+    if (nvram_delete(be.opts.nvram, (enum nvram_blob)blob, &err) < 0) {
+        report("deleting TPM state", &err);
+        return TPM_FAIL;
+    }
+    return TPM_SUCCESS;
+}
+
+static TPM_RESULT cb_locality(TPM_MODIFIER_INDICATOR *locality, uint32_t tpm_number)
+{
+    (void)tpm_number;
+    *locality = be.locality;
+    return TPM_SUCCESS;
+}
+
+int tpm_backend_init(const struct tpm_backend_options *opts, struct nv_error *err)
+{
+    static struct libtpms_callbacks cbs = {
+        .sizeOfStruct = sizeof(struct libtpms_callbacks),
+        .tpm_nvram_init = cb_nvram_init,
+        .tpm_nvram_loaddata = cb_load,
+        .tpm_nvram_storedata = cb_store,
+        .tpm_nvram_deletename = cb_delete,
+        .tpm_io_getlocality = cb_locality,
+    };
+    be.opts = *opts;
+    if (TPMLIB_ChooseTPMVersion(opts->tpm_version == 2 ? TPMLIB_TPM_VERSION_2
+                                                       : TPMLIB_TPM_VERSION_1_2) != TPM_SUCCESS)
+        return nv_error_set(err, -ENOTSUP, "libtpms cannot run a TPM %s",
+                            opts->tpm_version == 2 ? "2.0" : "1.2");
+    if (TPMLIB_RegisterCallbacks(&cbs) != TPM_SUCCESS)
+        return nv_error_set(err, -EIO, "libtpms refused the NVRAM callbacks");
+    if (opts->debug_level >= 20) {
+        TPMLIB_SetDebugFD(opts->debug_fd);
+        TPMLIB_SetDebugLevel(opts->debug_level - 19);
+        TPMLIB_SetDebugPrefix("libtpms: ");
+    }
+    uint32_t min, max;
+    be.buffer_size = TPMLIB_SetBufferSize(0, &min, &max);
+    return 0;
+}
+
+int tpm_backend_version(void)
+{
+    return be.opts.tpm_version;
+}
+
+bool tpm_backend_running(void)
+{
+    pthread_mutex_lock(&be.lock);
+    bool running = be.running;
+    pthread_mutex_unlock(&be.lock);
+    return running;
+}
+
+uint32_t tpm_backend_buffer_size(void)
+{
+    return be.buffer_size;
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Run a command with the lock held; notes TPM2_Shutdown for the auto-shutdown. */
+static uint32_t execute_locked(const uint8_t *cmd, uint32_t len, const uint8_t **resp,
+                               uint32_t *resp_len)
+{
+    uint32_t size = 0;
+    TPM_RESULT r = TPMLIB_Process(&be.resp, &size, &be.resp_cap, (unsigned char *)cmd, len);
+    if (r != TPM_SUCCESS)
+        return r;
+    if (be.opts.tpm_version == 2 && len >= 10 && size >= 10) {
+        uint32_t cc = get32(cmd + 6), rc = get32(be.resp + 6);
+        if (rc == 0)
+            be.guest_shut_down = cc == TPM2_CC_SHUTDOWN;
+    }
+    *resp = be.resp;
+    *resp_len = size;
+    return TPM_SUCCESS;
+}
+
+/* TPM2_Startup / TPM_Startup with the configured type. */
+static void send_startup(void)
+{
+    uint8_t cmd[12];
+    const uint8_t *resp;
+    uint32_t len;
+    uint16_t su;
+    if (be.opts.startup == TPM_STARTUP_NONE)
+        return;
+    if (be.opts.tpm_version == 2) {
+        put16(cmd, TPM2_ST_NO_SESSIONS);
+        put32(cmd + 2, 12);
+        put32(cmd + 6, TPM2_CC_STARTUP);
+        su = be.opts.startup == TPM_STARTUP_STATE ? 1 : 0;
+    } else {
+        put16(cmd, 0x00c1);
+        put32(cmd + 2, 12);
+        put32(cmd + 6, TPM_ORD_STARTUP);
+        su = be.opts.startup == TPM_STARTUP_STATE ? 2 : be.opts.startup == TPM_STARTUP_DEACTIVATED ? 3 : 1;
+    }
+    put16(cmd + 10, su);
+    if (execute_locked(cmd, sizeof(cmd), &resp, &len) == TPM_SUCCESS && len >= 10 && get32(resp + 6))
+        fprintf(stderr, "nvtpm: the startup command failed: 0x%x\n", get32(resp + 6));
+}
+
+uint32_t tpm_backend_start(bool delete_volatile)
+{
+    pthread_mutex_lock(&be.lock);
+    if (be.running) {
+        TPMLIB_Terminate();
+        be.running = false;
+    }
+    struct nv_error err = {0};
+    if (delete_volatile && nvram_delete(be.opts.nvram, NVRAM_VOLATILESTATE, &err) < 0)
+        report("deleting the volatile state", &err);
+    TPM_RESULT r = TPMLIB_MainInit();
+    if (r == TPM_SUCCESS) {
+        be.running = true;
+        be.guest_shut_down = false;
+        send_startup();
+    }
+    pthread_mutex_unlock(&be.lock);
+    return r;
+}
+
+static void auto_shutdown(void)
+{
+    uint8_t cmd[12];
+    const uint8_t *resp;
+    uint32_t len;
+    put16(cmd, TPM2_ST_NO_SESSIONS);
+    put32(cmd + 2, 12);
+    put32(cmd + 6, TPM2_CC_SHUTDOWN);
+    put16(cmd + 10, 1); /* SU_STATE */
+    execute_locked(cmd, sizeof(cmd), &resp, &len);
+}
+
+static uint32_t store_volatile_locked(void)
+{
+    unsigned char *buf = NULL;
+    uint32_t len = 0;
+    struct nv_error err = {0};
+    TPM_RESULT r = TPMLIB_VolatileAll_Store(&buf, &len);
+    if (r == TPM_SUCCESS && nvram_store(be.opts.nvram, NVRAM_VOLATILESTATE, buf, len, &err) < 0) {
+        report("storing the volatile state", &err);
+        r = TPM_FAIL;
+    }
+    free(buf);
+    return r;
+}
+
+uint32_t tpm_backend_stop(bool orderly)
+{
+    pthread_mutex_lock(&be.lock);
+    uint32_t r = TPM_SUCCESS;
+    if (be.running && orderly) {
+        if (be.opts.tpm_version == 2 && !be.opts.disable_auto_shutdown && !be.guest_shut_down)
+            auto_shutdown();
+        r = store_volatile_locked();
+    }
+    if (be.running)
+        TPMLIB_Terminate();
+    be.running = false;
+    pthread_mutex_unlock(&be.lock);
+    return r;
+}
+
+uint32_t tpm_backend_execute(const uint8_t *cmd, uint32_t len, uint8_t locality,
+                             const uint8_t **resp, uint32_t *resp_len)
+{
+    pthread_mutex_lock(&be.lock);
+    uint32_t r = TPM_CTRL_BAD_ORDINAL;
+    if (be.running) {
+        be.locality = locality;
+        r = execute_locked(cmd, len, resp, resp_len);
+    }
+    pthread_mutex_unlock(&be.lock);
+    return r;
+}
+
+void tpm_backend_cancel(void)
+{
+    if (be.opts.tpm_version == 2)
+        TPMLIB_CancelCommand(); /* the one call allowed across the lock */
+}
+
+uint32_t tpm_backend_set_buffer_size(uint32_t wanted, uint32_t *size, uint32_t *min,
+                                     uint32_t *max)
+{
+    pthread_mutex_lock(&be.lock);
+    uint32_t r = TPM_SUCCESS;
+    if (wanted && be.running) {
+        r = TPM_CTRL_BAD_ORDINAL; /* only while stopped */
+    } else {
+        *size = TPMLIB_SetBufferSize(wanted, min, max);
+        if (wanted)
+            be.buffer_size = *size;
+    }
+    pthread_mutex_unlock(&be.lock);
+    return r;
+}
+
+/* The calls below need the TPM running and the lock held. */
+#define WITH_RUNNING_TPM(expr)                                                                     \
+    do {                                                                                           \
+        pthread_mutex_lock(&be.lock);                                                              \
+        uint32_t r_ = be.running ? (uint32_t)(expr) : TPM_CTRL_BAD_ORDINAL;                        \
+        pthread_mutex_unlock(&be.lock);                                                            \
+        return r_;                                                                                 \
+    } while (0)
+
+uint32_t tpm_backend_get_established(bool *established)
+{
+    TPM_BOOL flag = 0;
+    pthread_mutex_lock(&be.lock);
+    uint32_t r = be.running ? TPM_IO_TpmEstablished_Get(&flag) : TPM_CTRL_BAD_ORDINAL;
+    pthread_mutex_unlock(&be.lock);
+    *established = flag;
+    return r;
+}
+
+uint32_t tpm_backend_reset_established(uint8_t locality)
+{
+    pthread_mutex_lock(&be.lock);
+    uint32_t r = TPM_CTRL_BAD_ORDINAL;
+    if (be.running) {
+        uint8_t saved = be.locality;
+        be.locality = locality;
+        r = TPM_IO_TpmEstablished_Reset();
+        be.locality = saved;
+    }
+    pthread_mutex_unlock(&be.lock);
+    return r;
+}
+
+uint32_t tpm_backend_hash_start(void)
+{
+    WITH_RUNNING_TPM(TPM_IO_Hash_Start());
+}
+
+uint32_t tpm_backend_hash_data(const uint8_t *data, uint32_t len)
+{
+    WITH_RUNNING_TPM(TPM_IO_Hash_Data(data, len));
+}
+
+uint32_t tpm_backend_hash_end(void)
+{
+    WITH_RUNNING_TPM(TPM_IO_Hash_End());
+}
+
+uint32_t tpm_backend_store_volatile(void)
+{
+    WITH_RUNNING_TPM(store_volatile_locked());
+}
+
+static enum TPMLIB_StateType state_type(int type)
+{
+    return type == 1 ? TPMLIB_STATE_PERMANENT : type == 2 ? TPMLIB_STATE_VOLATILE
+                                            : type == 3 ? TPMLIB_STATE_SAVE_STATE
+                                                        : 0;
+}
+
+uint32_t tpm_backend_get_state(int type, uint8_t **blob, uint32_t *len)
+{
+    enum TPMLIB_StateType st = state_type(type);
+    if (!st)
+        return TPM_CTRL_BAD_PARAMETER;
+    pthread_mutex_lock(&be.lock);
+    unsigned char *buf = NULL;
+    uint32_t r;
+    if (st == TPMLIB_STATE_VOLATILE && be.running) {
+        r = TPMLIB_VolatileAll_Store(&buf, len); /* the live volatile state */
+    } else if (be.running) {
+        r = TPMLIB_GetState(st, &buf, len);
+    } else {
+        size_t n = 0;
+        struct nv_error err = {0};
+        int e = nvram_load(be.opts.nvram, (enum nvram_blob)(type - 1), &buf, &n, &err);
+        r = e == -ENOENT ? TPM_CTRL_RETRY : e < 0 ? TPM_CTRL_IO_ERROR : TPM_SUCCESS;
+        *len = (uint32_t)n;
+    }
+    pthread_mutex_unlock(&be.lock);
+    if (r == TPM_SUCCESS)
+        *blob = buf;
+    else
+        free(buf);
+    return r;
+}
+
+uint32_t tpm_backend_set_state(int type, const uint8_t *blob, uint32_t len)
+{
+    enum TPMLIB_StateType st = state_type(type);
+    if (!st)
+        return TPM_CTRL_BAD_PARAMETER;
+    pthread_mutex_lock(&be.lock);
+    uint32_t r = be.running ? TPM_CTRL_BAD_ORDINAL : TPMLIB_SetState(st, blob, len);
+    pthread_mutex_unlock(&be.lock);
+    return r;
+}
+
+char *tpm_backend_info(uint64_t flags)
+{
+    pthread_mutex_lock(&be.lock);
+    char *info = TPMLIB_GetInfo((enum TPMLIB_InfoFlags)flags);
+    pthread_mutex_unlock(&be.lock);
+    return info;
+}

@@ -1,0 +1,124 @@
+/* tpm.h - the TPM layer: the process's one libtpms instance (backend) and
+ * the swtpm-compatible socket server around it. Above migration/ and nvram/.
+ *
+ * libtpms keeps its state in process globals, so there is one backend per
+ * process. Its calls are serialised by a mutex inside the backend; only
+ * tpm_backend_cancel crosses it. Control-channel results are TPM 1.2 style
+ * codes (TPM_SUCCESS, TPM_FAIL, ...), as swtpm's protocol has them. */
+#ifndef NVTPM_TPM_H
+#define NVTPM_TPM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nvram.h"
+
+/* Control-channel result codes (swtpm's; TPM 1.2 numbering). */
+enum {
+    TPM_CTRL_SUCCESS = 0x00,
+    TPM_CTRL_BAD_PARAMETER = 0x03,
+    TPM_CTRL_FAIL = 0x09,
+    TPM_CTRL_BAD_ORDINAL = 0x0a,
+    TPM_CTRL_KEY_NOT_FOUND = 0x0d,
+    TPM_CTRL_IO_ERROR = 0x1f,
+    TPM_CTRL_DECRYPT_ERROR = 0x21,
+    TPM_CTRL_BAD_KEY_PROPERTY = 0x28,
+    TPM_CTRL_BAD_LOCALITY = 0x3d,
+    TPM_CTRL_RETRY = 0x800,
+};
+
+enum tpm_startup {
+    TPM_STARTUP_NONE = 0,
+    TPM_STARTUP_CLEAR,
+    TPM_STARTUP_STATE,
+    TPM_STARTUP_DEACTIVATED, /* TPM 1.2 */
+};
+
+struct tpm_backend_options {
+    int tpm_version;            /* 1 (TPM 1.2) or 2 (TPM 2.0) */
+    struct nvram *nvram;        /* where the state lives */
+    bool disable_auto_shutdown; /* no TPM2_Shutdown(SU_STATE) before stopping */
+    enum tpm_startup startup;   /* sent after each start (--flags startup-...) */
+    bool reject_locality_4;
+    unsigned debug_level;       /* libtpms debug output at >= 20 */
+    int debug_fd;
+};
+
+int tpm_backend_init(const struct tpm_backend_options *opts, struct nv_error *err);
+/* Start the TPM (TPMLIB_MainInit), deleting the volatile state first if
+ * asked; then the startup command if one is configured. */
+uint32_t tpm_backend_start(bool delete_volatile);
+/* Stop it; orderly: TPM2_Shutdown(SU_STATE) if the guest did not send one
+ * (unless disabled) and the volatile state stored, before TPMLIB_Terminate. */
+uint32_t tpm_backend_stop(bool orderly);
+bool tpm_backend_running(void);
+int tpm_backend_version(void);
+
+/* Execute one command at locality (on the caller's thread). The response
+ * buffer belongs to the backend and stays valid until the next execute. */
+uint32_t tpm_backend_execute(const uint8_t *cmd, uint32_t len, uint8_t locality,
+                             const uint8_t **resp, uint32_t *resp_len);
+void tpm_backend_cancel(void);
+
+uint32_t tpm_backend_set_buffer_size(uint32_t wanted, uint32_t *size, uint32_t *min,
+                                     uint32_t *max);
+uint32_t tpm_backend_get_established(bool *established);
+uint32_t tpm_backend_reset_established(uint8_t locality);
+uint32_t tpm_backend_hash_start(void);
+uint32_t tpm_backend_hash_data(const uint8_t *data, uint32_t len);
+uint32_t tpm_backend_hash_end(void);
+uint32_t tpm_backend_store_volatile(void);
+/* The raw libtpms blob of a state type (1 permanent, 2 volatile, 3 savestate):
+ * of the running TPM, or as stored. TPM_CTRL_RETRY when it does not exist. */
+uint32_t tpm_backend_get_state(int type, uint8_t **blob, uint32_t *len);
+/* Set a state blob for the next start (the TPM must be stopped). */
+uint32_t tpm_backend_set_state(int type, const uint8_t *blob, uint32_t len);
+/* TPMLIB_GetInfo's JSON (malloc'd), or NULL. */
+char *tpm_backend_info(uint64_t flags);
+
+/* The largest command the data channel accepts (the buffer size). */
+uint32_t tpm_backend_buffer_size(void);
+
+/* ---- the server ---------------------------------------------------------------- */
+
+enum tpm_channel_type {
+    TPM_CHANNEL_NONE,
+    TPM_CHANNEL_TCP,
+    TPM_CHANNEL_UNIX,
+    TPM_CHANNEL_FD,       /* an inherited listening or connected socket */
+    TPM_CHANNEL_CLIENTFD, /* an inherited connected socket (control only) */
+};
+
+struct tpm_channel_config {
+    enum tpm_channel_type type;
+    const char *bindaddr; /* TCP; default 127.0.0.1 */
+    unsigned port;
+    const char *path;     /* UNIX */
+    unsigned mode;        /* UNIX socket file mode; default 0600 */
+    long uid, gid;        /* UNIX socket owner; -1 = unchanged */
+    int fd;               /* FD, CLIENTFD */
+    bool disconnect;      /* data: close after each response */
+    bool terminate;       /* control: exit when the connection closes */
+};
+
+struct tpm_server_config {
+    struct tpm_channel_config data, ctrl;
+    unsigned platform_port; /* MS simulator platform port (mssim TCTI); 0 = none */
+    bool terminate;         /* exit when the data connection closes */
+    bool reject_locality_4;
+    bool file_key, migration_key;
+    bool release_lock_outgoing; /* give up ownership once the savestate blob is read */
+    struct bdrv_node *image;    /* for the ownership hand-off */
+    unsigned log_level;         /* >= 5: each command and response logged */
+    int log_fd;
+    /* Called once the sockets exist, before serving (daemonize, pid file). */
+    int (*ready)(void *opaque, struct nv_error *err);
+    void *ready_opaque;
+};
+
+/* Serve until SHUTDOWN, a signal (SIGTERM, SIGINT: orderly), or a terminate
+ * condition; the TPM is stopped orderly before returning. */
+int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err);
+
+#endif
