@@ -43,5 +43,6 @@ int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_key(int argc, char **argv);
 int cmd_encrypt(int argc, char **argv);
+int cmd_socket(int argc, char **argv);
 
 #endif

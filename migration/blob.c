@@ -65,8 +65,9 @@ static int find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **
         uint16_t t = get16(p + off);
         uint32_t l = get32(p + off + 2);
         if (l > len - off - 6)
-            return nv_error_set(err, -EBADMSG, "state blob: TLV %u at offset %zu claims %u bytes, "
-                                               "%zu are left",
+            return nv_error_set(err, -EBADMSG,
+                                "state blob: TLV %u at offset %zu claims %u bytes, "
+                                "%zu are left",
                                 t, off, l, len - off - 6);
         if (t == tag) {
             *value = p + off + 6;
@@ -93,12 +94,14 @@ int mig_blob_unwrap(const uint8_t *blob, size_t len, uint8_t **state, size_t *st
         return nv_error_set(err, -ENOTSUP, "state blob: version %u needs a reader of version %u",
                             blob[0], blob[1]);
     if (hsize < MIG_HEADER_SIZE || hsize > len || total != len)
-        return nv_error_set(err, -EBADMSG, "state blob: header size %u or total length %u does "
-                                           "not fit its %zu bytes",
+        return nv_error_set(err, -EBADMSG,
+                            "state blob: header size %u or total length %u does "
+                            "not fit its %zu bytes",
                             hsize, total, len);
     if (flags & (MIG_FLAG_ENCRYPTED | MIG_FLAG_MIGRATION_ENCRYPTED))
-        return nv_error_set(err, -ENOKEY, "state blob: encrypted (flags 0x%x) and no key to "
-                                          "decrypt it",
+        return nv_error_set(err, -ENOKEY,
+                            "state blob: encrypted (flags 0x%x) and no key to "
+                            "decrypt it",
                             flags);
     const uint8_t *p = blob + hsize, *value;
     size_t plen = len - hsize, vlen;

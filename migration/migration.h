@@ -15,11 +15,11 @@
 #include "util.h"
 
 /* Header flags. */
-#define MIG_FLAG_ENCRYPTED 0x01u           /* encrypted with the state key */
+#define MIG_FLAG_ENCRYPTED           0x01u /* encrypted with the state key */
 #define MIG_FLAG_MIGRATION_ENCRYPTED 0x02u /* encrypted with the migration key */
-#define MIG_FLAG_MIGRATION_DATA 0x04u      /* the data is inside a migration TLV */
-#define MIG_FLAG_STATE_KEY_256 0x08u
-#define MIG_FLAG_MIGRATION_KEY_256 0x10u
+#define MIG_FLAG_MIGRATION_DATA      0x04u /* the data is inside a migration TLV */
+#define MIG_FLAG_STATE_KEY_256       0x08u
+#define MIG_FLAG_MIGRATION_KEY_256   0x10u
 
 /* TLV tags. */
 enum {
@@ -33,7 +33,7 @@ enum {
 };
 
 #define MIG_HEADER_SIZE 10u
-#define MIG_BLOB_MAX (512u * 1024u + 4096u) /* swtpm's limit, with room for wrapping */
+#define MIG_BLOB_MAX    (512u * 1024u + 4096u) /* swtpm's limit, with room for wrapping */
 
 /* A libtpms blob as GET_STATEBLOB returns it: a migration-data blob. */
 int mig_blob_wrap(const uint8_t *state, size_t len, uint8_t **blob, size_t *blob_len,

@@ -13,10 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TPM2_CC_SHUTDOWN 0x00000145u
-#define TPM2_CC_STARTUP 0x00000144u
+#define TPM2_CC_SHUTDOWN    0x00000145u
+#define TPM2_CC_STARTUP     0x00000144u
 #define TPM2_ST_NO_SESSIONS 0x8001u
-#define TPM_ORD_STARTUP 0x00000099u
+#define TPM_ORD_STARTUP     0x00000099u
 
 static struct {
     struct tpm_backend_options opts;
@@ -201,10 +201,13 @@ static void send_startup(void)
         put16(cmd, 0x00c1);
         put32(cmd + 2, 12);
         put32(cmd + 6, TPM_ORD_STARTUP);
-        su = be.opts.startup == TPM_STARTUP_STATE ? 2 : be.opts.startup == TPM_STARTUP_DEACTIVATED ? 3 : 1;
+        su = be.opts.startup == TPM_STARTUP_STATE         ? 2
+             : be.opts.startup == TPM_STARTUP_DEACTIVATED ? 3
+                                                          : 1;
     }
     put16(cmd + 10, su);
-    if (execute_locked(cmd, sizeof(cmd), &resp, &len) == TPM_SUCCESS && len >= 10 && get32(resp + 6))
+    if (execute_locked(cmd, sizeof(cmd), &resp, &len) == TPM_SUCCESS && len >= 10 &&
+        get32(resp + 6))
         fprintf(stderr, "nvtpm: the startup command failed: 0x%x\n", get32(resp + 6));
 }
 
@@ -289,8 +292,7 @@ void tpm_backend_cancel(void)
         TPMLIB_CancelCommand(); /* the one call allowed across the lock */
 }
 
-uint32_t tpm_backend_set_buffer_size(uint32_t wanted, uint32_t *size, uint32_t *min,
-                                     uint32_t *max)
+uint32_t tpm_backend_set_buffer_size(uint32_t wanted, uint32_t *size, uint32_t *min, uint32_t *max)
 {
     pthread_mutex_lock(&be.lock);
     uint32_t r = TPM_SUCCESS;
@@ -360,9 +362,10 @@ uint32_t tpm_backend_store_volatile(void)
 
 static enum TPMLIB_StateType state_type(int type)
 {
-    return type == 1 ? TPMLIB_STATE_PERMANENT : type == 2 ? TPMLIB_STATE_VOLATILE
-                                            : type == 3 ? TPMLIB_STATE_SAVE_STATE
-                                                        : 0;
+    return type == 1   ? TPMLIB_STATE_PERMANENT
+           : type == 2 ? TPMLIB_STATE_VOLATILE
+           : type == 3 ? TPMLIB_STATE_SAVE_STATE
+                       : 0;
 }
 
 uint32_t tpm_backend_get_state(int type, uint8_t **blob, uint32_t *len)

@@ -284,8 +284,9 @@ enum ctrl_action ctrl_handle(const struct ctrl_env *env, const uint8_t *req, siz
         *resp_len = get_info(body, resp, big);
         break;
     case CTRL_LOCK_STORAGE:
-        *resp_len = result_only(resp, env->lock_storage ? env->lock_storage(env->opaque, get32(body))
-                                                        : TPM_CTRL_SUCCESS);
+        *resp_len =
+            result_only(resp, env->lock_storage ? env->lock_storage(env->opaque, get32(body))
+                                                : TPM_CTRL_SUCCESS);
         break;
     default:
         *resp_len = result_only(resp, TPM_CTRL_BAD_ORDINAL);

@@ -30,12 +30,12 @@ enum ctrl_command {
 };
 
 #define CTRL_HASH_DATA_MAX 4096u
-#define CTRL_MAX_REQUEST (16u + 512u * 1024u + 4096u)
+#define CTRL_MAX_REQUEST   (16u + 512u * 1024u + 4096u)
 
 /* What the server offers the handler. */
 struct ctrl_env {
     void *opaque;
-    uint8_t *locality;          /* the data channel's locality */
+    uint8_t *locality; /* the data channel's locality */
     bool reject_locality_4;
     bool file_key, migration_key; /* for GET_CONFIG */
     /* SET_DATAFD: take fd as the data channel; returns a result code. */

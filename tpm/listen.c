@@ -18,7 +18,8 @@
 
 static int listen_tcp(const struct tpm_channel_config *c, const char *what, struct nv_error *err)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV},
                     *res;
     char port[16];
@@ -59,9 +60,10 @@ static int listen_unix(const struct tpm_channel_config *c, const char *what, str
     int r = fd < 0 ? -errno : 0;
     if (r == 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
         r = -errno;
-    if (r == 0 && (chmod(c->path, c->mode ? c->mode : 0600) < 0 ||
-                   ((c->uid >= 0 || c->gid >= 0) && chown(c->path, (uid_t)c->uid, (gid_t)c->gid) < 0) ||
-                   listen(fd, 8) < 0))
+    if (r == 0 &&
+        (chmod(c->path, c->mode ? c->mode : 0600) < 0 ||
+         ((c->uid >= 0 || c->gid >= 0) && chown(c->path, (uid_t)c->uid, (gid_t)c->gid) < 0) ||
+         listen(fd, 8) < 0))
         r = -errno;
     if (r < 0) {
         if (fd >= 0)

@@ -41,7 +41,7 @@ struct tpm_backend_options {
     bool disable_auto_shutdown; /* no TPM2_Shutdown(SU_STATE) before stopping */
     enum tpm_startup startup;   /* sent after each start (--flags startup-...) */
     bool reject_locality_4;
-    unsigned debug_level;       /* libtpms debug output at >= 20 */
+    unsigned debug_level; /* libtpms debug output at >= 20 */
     int debug_fd;
 };
 
@@ -61,8 +61,7 @@ uint32_t tpm_backend_execute(const uint8_t *cmd, uint32_t len, uint8_t locality,
                              const uint8_t **resp, uint32_t *resp_len);
 void tpm_backend_cancel(void);
 
-uint32_t tpm_backend_set_buffer_size(uint32_t wanted, uint32_t *size, uint32_t *min,
-                                     uint32_t *max);
+uint32_t tpm_backend_set_buffer_size(uint32_t wanted, uint32_t *size, uint32_t *min, uint32_t *max);
 uint32_t tpm_backend_get_established(bool *established);
 uint32_t tpm_backend_reset_established(uint8_t locality);
 uint32_t tpm_backend_hash_start(void);
@@ -94,12 +93,12 @@ struct tpm_channel_config {
     enum tpm_channel_type type;
     const char *bindaddr; /* TCP; default 127.0.0.1 */
     unsigned port;
-    const char *path;     /* UNIX */
-    unsigned mode;        /* UNIX socket file mode; default 0600 */
-    long uid, gid;        /* UNIX socket owner; -1 = unchanged */
-    int fd;               /* FD, CLIENTFD */
-    bool disconnect;      /* data: close after each response */
-    bool terminate;       /* control: exit when the connection closes */
+    const char *path; /* UNIX */
+    unsigned mode;    /* UNIX socket file mode; default 0600 */
+    long uid, gid;    /* UNIX socket owner; -1 = unchanged */
+    int fd;           /* FD, CLIENTFD */
+    bool disconnect;  /* data: close after each response */
+    bool terminate;   /* control: exit when the connection closes */
 };
 
 struct tpm_server_config {

@@ -1,0 +1,650 @@
+/* cmd-socket.c - `nvtpm socket`: swtpm's socket options with swtpm's
+ * meanings, the state in a QCoW2 image. Everything is checked before anything
+ * is created: a malformed option is one line and exit code 1. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <json-c/json.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "block.h"
+#include "cli.h"
+#include "fdstash.h"
+#include "nvram.h"
+#include "tpm.h"
+
+#define DEFAULT_IMAGE_SIZE (4u << 20)
+
+struct socket_opts {
+    int tpm_version;
+    const char *state_path; /* the image */
+    int state_fd;           /* --tpmstate fd=N, or -1 */
+    unsigned state_mode;
+    struct tpm_server_config server;
+    struct tpm_backend_options backend;
+    struct nvram_key key, migration_key;
+    bool have_key, have_migration_key;
+    bool not_need_init, daemon, print_caps, print_states, incoming, no_sync;
+    const char *pid_file;
+    int pid_fd;
+    const char *runas;
+    const char *log_file;
+    int log_fd;
+    unsigned log_level;
+    char state_buf[4096];
+};
+
+/* ---- option values: name=value,name,... ------------------------------------------------ */
+
+struct kv {
+    char *name, *value;
+};
+
+/* Split text (modified in place) into at most max pairs; checks every name
+ * against the allowed list. Returns the count or an exit code < 0. */
+static int split_kv(const char *opt, char *text, const char *const *allowed, struct kv *out,
+                    int max)
+{
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(text, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        if (eq)
+            *eq = '\0';
+        bool ok = false;
+        for (const char *const *a = allowed; *a && !ok; a++)
+            ok = strcmp(*a, tok) == 0;
+        if (!ok || n == max)
+            return -cli_fail(CLI_EXIT_USAGE, "socket: %s: unknown parameter '%s'", opt, tok);
+        out[n].name = tok;
+        out[n].value = eq ? eq + 1 : NULL;
+        n++;
+    }
+    return n;
+}
+
+static int need_value(const char *opt, const struct kv *kv)
+{
+    if (kv->value && *kv->value)
+        return 0;
+    return cli_fail(CLI_EXIT_USAGE, "socket: %s: '%s' needs a value", opt, kv->name);
+}
+
+static int parse_uint(const char *opt, const struct kv *kv, uint64_t max, uint64_t *out)
+{
+    if (need_value(opt, kv))
+        return CLI_EXIT_USAGE;
+    if (nv_parse_u64(kv->value, max, out) < 0)
+        return cli_fail(CLI_EXIT_USAGE, "socket: %s: %s=%s is not a number up to %llu", opt,
+                        kv->name, kv->value, (unsigned long long)max);
+    return 0;
+}
+
+static int parse_mode(const char *opt, const struct kv *kv, unsigned *mode)
+{
+    char *end;
+    if (need_value(opt, kv))
+        return CLI_EXIT_USAGE;
+    unsigned long m = strtoul(kv->value, &end, 8);
+    if (*end || m > 0777)
+        return cli_fail(CLI_EXIT_USAGE, "socket: %s: mode=%s is not an octal mode", opt, kv->value);
+    *mode = (unsigned)m;
+    return 0;
+}
+
+static int parse_fd_value(const char *opt, const struct kv *kv, int *fd)
+{
+    uint64_t n;
+    int r = parse_uint(opt, kv, 1u << 30, &n);
+    *fd = (int)n;
+    return r;
+}
+
+/* --server and --ctrl */
+static int parse_channel(const char *opt, char *text, struct tpm_channel_config *c, bool is_ctrl)
+{
+    static const char *const allowed[] = {"type", "port",       "bindaddr",  "path",
+                                          "fd",   "clientfd",   "mode",      "uid",
+                                          "gid",  "disconnect", "terminate", NULL};
+    struct kv kv[16];
+    int n = split_kv(opt, text, allowed, kv, 16), r = 0;
+    if (n < 0)
+        return -n;
+    const char *type = NULL;
+    c->uid = c->gid = -1;
+    for (int i = 0; i < n && r == 0; i++) {
+        uint64_t v;
+        const char *k = kv[i].name;
+        if (strcmp(k, "type") == 0 && !(r = need_value(opt, &kv[i])))
+            type = kv[i].value;
+        else if (strcmp(k, "port") == 0 && !(r = parse_uint(opt, &kv[i], 65535, &v)))
+            c->port = (unsigned)v;
+        else if (strcmp(k, "bindaddr") == 0 && !(r = need_value(opt, &kv[i])))
+            c->bindaddr = kv[i].value;
+        else if (strcmp(k, "path") == 0 && !(r = need_value(opt, &kv[i])))
+            c->path = kv[i].value;
+        else if (strcmp(k, "fd") == 0 && !(r = parse_fd_value(opt, &kv[i], &c->fd)))
+            c->type = TPM_CHANNEL_FD;
+        else if (strcmp(k, "clientfd") == 0 && is_ctrl &&
+                 !(r = parse_fd_value(opt, &kv[i], &c->fd)))
+            c->type = TPM_CHANNEL_CLIENTFD;
+        else if (strcmp(k, "mode") == 0)
+            r = parse_mode(opt, &kv[i], &c->mode);
+        else if (strcmp(k, "uid") == 0 && !(r = parse_uint(opt, &kv[i], 1u << 31, &v)))
+            c->uid = (long)v;
+        else if (strcmp(k, "gid") == 0 && !(r = parse_uint(opt, &kv[i], 1u << 31, &v)))
+            c->gid = (long)v;
+        else if (strcmp(k, "disconnect") == 0 && !is_ctrl)
+            c->disconnect = true;
+        else if (strcmp(k, "terminate") == 0 && is_ctrl)
+            c->terminate = true;
+        else if (r == 0)
+            r = cli_fail(CLI_EXIT_USAGE, "socket: %s: '%s' does not apply here", opt, k);
+    }
+    if (r)
+        return r;
+    if (!type)
+        return cli_fail(CLI_EXIT_USAGE, "socket: %s needs type=tcp or type=unixio", opt);
+    if (c->type == TPM_CHANNEL_FD || c->type == TPM_CHANNEL_CLIENTFD)
+        return 0;
+    if (strcmp(type, "tcp") == 0) {
+        c->type = TPM_CHANNEL_TCP;
+        if (!c->port)
+            return cli_fail(CLI_EXIT_USAGE, "socket: %s: type=tcp needs port=", opt);
+    } else if (strcmp(type, "unixio") == 0) {
+        c->type = TPM_CHANNEL_UNIX;
+        if (!c->path)
+            return cli_fail(CLI_EXIT_USAGE, "socket: %s: type=unixio needs path= or fd=", opt);
+    } else {
+        return cli_fail(CLI_EXIT_USAGE, "socket: %s: type=%s (tcp or unixio)", opt, type);
+    }
+    return 0;
+}
+
+/* --tpmstate dir=D|file=F|backend-uri=URI|fd=N[,mode=M][,lock] */
+static int parse_tpmstate(char *text, struct socket_opts *o)
+{
+    static const char *const allowed[] = {"dir", "file", "backend-uri", "fd", "mode", "lock", NULL};
+    struct kv kv[8];
+    int n = split_kv("--tpmstate", text, allowed, kv, 8), r = 0;
+    const char *dir = NULL, *file = NULL;
+    if (n < 0)
+        return -n;
+    for (int i = 0; i < n && r == 0; i++) {
+        const char *k = kv[i].name, *v = kv[i].value;
+        if (strcmp(k, "dir") == 0 && !(r = need_value("--tpmstate", &kv[i])))
+            dir = v;
+        else if (strcmp(k, "file") == 0 && !(r = need_value("--tpmstate", &kv[i])))
+            file = v;
+        else if (strcmp(k, "backend-uri") == 0 && !(r = need_value("--tpmstate", &kv[i]))) {
+            if (strncmp(v, "file://", 7) == 0)
+                file = v + 7;
+            else if (strncmp(v, "dir://", 6) == 0)
+                dir = v + 6;
+            else
+                r = cli_fail(CLI_EXIT_USAGE,
+                             "socket: --tpmstate: backend-uri=%s (file:// or dir://)", v);
+        } else if (strcmp(k, "fd") == 0)
+            r = parse_fd_value("--tpmstate", &kv[i], &o->state_fd);
+        else if (strcmp(k, "mode") == 0)
+            r = parse_mode("--tpmstate", &kv[i], &o->state_mode);
+        /* lock: the image is always locked (QEMU's lock bytes) */
+    }
+    if (r)
+        return r;
+    if (!!dir + !!file + (o->state_fd >= 0) != 1)
+        return cli_fail(CLI_EXIT_USAGE, "socket: --tpmstate needs one of dir=, file=, "
+                                        "backend-uri= or fd=");
+    if (dir) /* an image named for the TPM version, for tools that pass a folder */
+        snprintf(o->state_buf, sizeof(o->state_buf), "%s/%s", dir, "tpm-00.qcow2");
+    else if (file)
+        snprintf(o->state_buf, sizeof(o->state_buf), "%s", file);
+    o->state_path = o->state_fd >= 0 ? NULL : o->state_buf;
+    return 0;
+}
+
+static int parse_list(const char *opt, char *text, const char *const *allowed,
+                      struct socket_opts *o)
+{
+    struct kv kv[8];
+    int n = split_kv(opt, text, allowed, kv, 8);
+    if (n < 0)
+        return -n;
+    for (int i = 0; i < n; i++) {
+        const char *k = kv[i].name;
+        if (strcmp(k, "not-need-init") == 0)
+            o->not_need_init = true;
+        else if (strcmp(k, "startup-clear") == 0)
+            o->backend.startup = TPM_STARTUP_CLEAR;
+        else if (strcmp(k, "startup-state") == 0)
+            o->backend.startup = TPM_STARTUP_STATE;
+        else if (strcmp(k, "startup-deactivated") == 0)
+            o->backend.startup = TPM_STARTUP_DEACTIVATED;
+        else if (strcmp(k, "startup-none") == 0)
+            o->backend.startup = TPM_STARTUP_NONE;
+        else if (strcmp(k, "disable-auto-shutdown") == 0)
+            o->backend.disable_auto_shutdown = true;
+        else if (strcmp(k, "reject-locality-4") == 0)
+            o->server.reject_locality_4 = o->backend.reject_locality_4 = true;
+        else if (strcmp(k, "incoming") == 0)
+            o->incoming = true;
+        else if (strcmp(k, "release-lock-outgoing") == 0)
+            o->server.release_lock_outgoing = true;
+        /* allow-set-locality: the control channel always may */
+    }
+    return 0;
+}
+
+static int parse_pid_or_log(const char *opt, char *text, struct socket_opts *o)
+{
+    static const char *const pid_keys[] = {"file", "fd", NULL};
+    static const char *const log_keys[] = {"file", "fd", "level", "prefix", "truncate", NULL};
+    bool is_log = strcmp(opt, "--log") == 0;
+    struct kv kv[8];
+    int n = split_kv(opt, text, is_log ? log_keys : pid_keys, kv, 8), r = 0;
+    if (n < 0)
+        return -n;
+    for (int i = 0; i < n && r == 0; i++) {
+        const char *k = kv[i].name;
+        uint64_t v;
+        if (strcmp(k, "file") == 0 && !(r = need_value(opt, &kv[i])))
+            *(is_log ? &o->log_file : &o->pid_file) = kv[i].value;
+        else if (strcmp(k, "fd") == 0)
+            r = parse_fd_value(opt, &kv[i], is_log ? &o->log_fd : &o->pid_fd);
+        else if (strcmp(k, "level") == 0 && !(r = parse_uint(opt, &kv[i], 100, &v)))
+            o->log_level = (unsigned)v;
+    }
+    return r;
+}
+
+/* ---- help, capabilities, states ------------------------------------------------------ */
+
+static const char socket_usage[] =
+    "Usage: nvtpm socket [--tpm2] --tpmstate file=IMG|dir=DIR|backend-uri=URI|fd=N[,mode=M]\n"
+    "                    --server type=tcp,port=P[,bindaddr=A][,disconnect]\n"
+    "                           | type=unixio,path=P[,mode=M][,uid=U][,gid=G] | fd=N\n"
+    "                    --ctrl type=tcp,port=P[,bindaddr=A] | type=unixio,path=P|fd=N|clientfd=N\n"
+    "                           [,mode=M][,uid=U][,gid=G][,terminate]\n"
+    "                    [--key KEY] [--migration-key KEY] [--pid file=F|fd=N]\n"
+    "                    [--log file=F|fd=N[,level=N]] [--flags not-need-init,startup-clear|\n"
+    "                     startup-state|startup-deactivated|startup-none,disable-auto-shutdown]\n"
+    "                    [--locality reject-locality-4[,allow-set-locality]]\n"
+    "                    [--migration incoming,release-lock-outgoing] [--platform port=P]\n"
+    "                    [--no-sync] [-d|--daemon] [-t|--terminate] [-r|--runas USER]\n"
+    "                    [--print-capabilities] [--print-states] [-h|--help]\n"
+    "\n"
+    "Serve a TPM (TPM 1.2, or TPM 2.0 with --tpm2, as swtpm) whose state lives in a\n"
+    "QCoW2 image: swtpm's data and control protocols, so QEMU's tpm-emulator,\n"
+    "swtpm_ioctl and tpm2-tss (swtpm: and mssim:) work unchanged.\n"
+    "\n"
+    "  --tpmstate   file=IMG: the image, created (4 MiB, mode=, default 0640) if absent and\n"
+    "               formatted if blank; dir=DIR: the image DIR/tpm-00.qcow2; backend-uri=\n"
+    "               file://IMG or dir://DIR; fd=N: an image passed as a descriptor\n"
+    "  --server     the data channel (TCP on 127.0.0.1 unless bindaddr=; UNIX sockets\n"
+    "               mode 0600 unless mode=); fd=N: an inherited listening or connected socket\n"
+    "  --ctrl       the control channel; clientfd=N: an inherited connected socket;\n"
+    "               terminate: exit when the control connection closes\n"
+    "  --key        the image's key (swtpm's syntax, see nvtpm create --help)\n"
+    "  --platform   the MS simulator's platform port, for tpm2-tss's mssim TCTI\n"
+    "  --no-sync    commits skip fdatasync (faster; an acknowledged write can be lost)\n"
+    "  --log        level>=5 logs every command and response; >=20 libtpms' debug output\n"
+    "  -t           exit when the data connection closes\n"
+    "\n"
+    "Exit codes: 0 clean exit, 1 usage, 2 not an nvtpm image or damaged, 4 key missing,\n"
+    "5 wrong key, 6 key given for a plain image, 7 the image is in use, 8 the image holds\n"
+    "the other TPM version's state, 9 other errors. See docs/nvtpm-socket.md.\n";
+
+static int print_capabilities(void)
+{
+    static const char *const features[] = {"tpm-1.2",
+                                           "tpm-2.0",
+                                           "tpm-send-command-header",
+                                           "flags-opt-startup",
+                                           "flags-opt-disable-auto-shutdown",
+                                           "ctrl-opt-terminate",
+                                           "cmdarg-key-fd",
+                                           "cmdarg-pwd-fd",
+                                           "cmdarg-print-states",
+                                           "cmdarg-migration",
+                                           "nvram-backend-dir",
+                                           "nvram-backend-file",
+                                           "rsa-keysize-1024",
+                                           "rsa-keysize-2048",
+                                           "rsa-keysize-3072",
+                                           NULL};
+    json_object *o = json_object_new_object(), *a = json_object_new_array();
+    json_object_object_add(o, "type", json_object_new_string("swtpm"));
+    for (const char *const *f = features; *f; f++)
+        json_object_array_add(a, json_object_new_string(*f));
+    json_object_object_add(o, "features", a);
+    json_object_object_add(o, "version", json_object_new_string(NVTPM_VERSION));
+    printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_SPACED));
+    json_object_put(o);
+    return 0;
+}
+
+static int print_states(const char *spec)
+{
+    struct nv_error err = {0};
+    struct nvram_info info;
+    struct bdrv_node *bs = bdrv_open(spec, 0, NULL, &err);
+    int r = bs ? nvram_inspect(bs, NULL, 0, &info, &err) : err.code;
+    if (bs)
+        bdrv_close(bs);
+    if (r == -ENOENT || r == -ENODATA)
+        memset(&info, 0, sizeof(info));
+    else if (r < 0)
+        return cli_fail(cli_exit_code(r), "%s", err.msg);
+    json_object *o = json_object_new_object(), *a = json_object_new_array();
+    json_object_object_add(o, "type", json_object_new_string("swtpm"));
+    for (int b = 0; r == 0 && b < NVRAM_BLOBS; b++) {
+        int cur = info.blobs[b].current;
+        if (cur < 0 || info.blobs[b].slot[cur].deleted)
+            continue;
+        json_object *s = json_object_new_object();
+        json_object_object_add(s, "name", json_object_new_string(nvram_blob_name(b)));
+        json_object_object_add(s, "size", json_object_new_int64(info.blobs[b].slot[cur].length));
+        json_object_array_add(a, s);
+    }
+    json_object_object_add(o, "states", a);
+    printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_SPACED));
+    json_object_put(o);
+    return 0;
+}
+
+/* ---- the image ----------------------------------------------------------------------- */
+
+/* Busy: name the image and, where /proc tells, the holder. */
+static int busy_message(const char *spec, const struct nv_error *err)
+{
+    struct nv_error e2 = {0};
+    struct bdrv_node *bs = bdrv_open(spec, 0, NULL, &e2);
+    struct bdrv_lock_holder h[8];
+    size_t n = 0;
+    if (bs) {
+        bdrv_lock_holders(bs, h, 8, &n, NULL);
+        bdrv_close(bs);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!h[i].self && (h[i].qemu_perm & 2))
+            return cli_fail(CLI_EXIT_BUSY, "%s is in use by process %d (%s), which owns it", spec,
+                            h[i].pid, h[i].name);
+    return cli_fail(CLI_EXIT_BUSY, "%s", err->msg);
+}
+
+static struct bdrv_node *open_state(struct socket_opts *o, struct fdstash *stash, int *code)
+{
+    struct nv_error err = {0};
+    const char *spec = o->state_path;
+    if (o->state_fd >= 0) {
+        if (fdstash_check_fd(o->state_fd, FDSTASH_FILE, &err) < 0 ||
+            fdstash_give(stash, "tpmstate", o->state_fd, &err) < 0) {
+            *code = cli_fail(CLI_EXIT_USAGE, "socket: --tpmstate fd=%d: %s", o->state_fd, err.msg);
+            return NULL;
+        }
+        spec = "fd:tpmstate";
+    } else if (access(spec, F_OK) != 0) {
+        struct bdrv_create_opts co = {.size = DEFAULT_IMAGE_SIZE,
+                                      .mode = o->state_mode ? o->state_mode : 0640};
+        if (bdrv_create("qcow2", spec, &co, &err) < 0) {
+            *code = cli_fail(cli_exit_code(err.code), "%s", err.msg);
+            return NULL;
+        }
+    }
+    struct bdrv_node *bs = bdrv_open(spec, BDRV_O_RDWR | BDRV_O_OWNER, stash, &err);
+    if (!bs)
+        *code = err.code == -EBUSY ? busy_message(spec, &err)
+                                   : cli_fail(cli_exit_code(err.code), "%s", err.msg);
+    return bs;
+}
+
+/* ---- once the sockets exist: daemon, pid file, user ------------------------------------- */
+
+static int write_pid(struct socket_opts *o, struct nv_error *err)
+{
+    char text[32];
+    int n = snprintf(text, sizeof(text), "%d", (int)getpid());
+    int fd = o->pid_fd >= 0 ? o->pid_fd
+                            : open(o->pid_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return nv_error_set(err, -errno, "--pid: %s: %s", o->pid_file, strerror(errno));
+    int r = write(fd, text, (size_t)n) == n ? 0 : -EIO;
+    close(fd);
+    return r < 0 ? nv_error_set(err, r, "--pid: cannot write the pid") : 0;
+}
+
+static int ready(void *opaque, struct nv_error *err)
+{
+    struct socket_opts *o = opaque;
+    if (o->daemon && daemon(1, 0) < 0) /* the child keeps every descriptor, locks included */
+        return nv_error_set(err, -errno, "--daemon: %s", strerror(errno));
+    if ((o->pid_file || o->pid_fd >= 0) && write_pid(o, err) < 0)
+        return err->code;
+    if (o->runas) {
+        struct passwd *pw = getpwnam(o->runas);
+        if (!pw || initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+            setuid(pw->pw_uid) < 0)
+            return nv_error_set(err, -EPERM, "--runas %s: cannot become that user", o->runas);
+    }
+    return 0;
+}
+
+/* ---- the command ------------------------------------------------------------------------ */
+
+static int parse_args(int argc, char **argv, struct socket_opts *o)
+{
+    enum {
+        O_TPMSTATE = 256,
+        O_SERVER,
+        O_CTRL,
+        O_KEY,
+        O_MIGKEY,
+        O_PID,
+        O_LOG,
+        O_FLAGS,
+        O_LOCALITY,
+        O_MIGRATION,
+        O_PLATFORM,
+        O_NOSYNC,
+        O_PRINTCAPS,
+        O_PRINTSTATES,
+        O_TPM2,
+        O_SECCOMP
+    };
+    static const struct option lo[] = {{"tpm2", no_argument, NULL, O_TPM2},
+                                       {"tpmstate", required_argument, NULL, O_TPMSTATE},
+                                       {"server", required_argument, NULL, O_SERVER},
+                                       {"ctrl", required_argument, NULL, O_CTRL},
+                                       {"key", required_argument, NULL, O_KEY},
+                                       {"migration-key", required_argument, NULL, O_MIGKEY},
+                                       {"pid", required_argument, NULL, O_PID},
+                                       {"log", required_argument, NULL, O_LOG},
+                                       {"flags", required_argument, NULL, O_FLAGS},
+                                       {"locality", required_argument, NULL, O_LOCALITY},
+                                       {"migration", required_argument, NULL, O_MIGRATION},
+                                       {"platform", required_argument, NULL, O_PLATFORM},
+                                       {"no-sync", no_argument, NULL, O_NOSYNC},
+                                       {"seccomp", required_argument, NULL, O_SECCOMP},
+                                       {"print-capabilities", no_argument, NULL, O_PRINTCAPS},
+                                       {"print-states", no_argument, NULL, O_PRINTSTATES},
+                                       {"daemon", no_argument, NULL, 'd'},
+                                       {"terminate", no_argument, NULL, 't'},
+                                       {"runas", required_argument, NULL, 'r'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+    static const char *const flags_ok[] = {"not-need-init",
+                                           "startup-clear",
+                                           "startup-state",
+                                           "startup-deactivated",
+                                           "startup-none",
+                                           "disable-auto-shutdown",
+                                           NULL};
+    static const char *const locality_ok[] = {"reject-locality-4", "allow-set-locality", NULL};
+    static const char *const migration_ok[] = {"incoming", "release-lock-outgoing", NULL};
+    int c, r = 0;
+    bool have_state = false;
+    optind = 1;
+    opterr = 0;
+    while (r == 0 && (c = getopt_long(argc, argv, "dtr:h", lo, NULL)) != -1) {
+        switch (c) {
+        case O_TPM2:
+            o->tpm_version = 2;
+            break;
+        case O_TPMSTATE:
+            r = parse_tpmstate(optarg, o);
+            have_state = true;
+            break;
+        case O_SERVER:
+            r = parse_channel("--server", optarg, &o->server.data, false);
+            break;
+        case O_CTRL:
+            r = parse_channel("--ctrl", optarg, &o->server.ctrl, true);
+            break;
+        case O_KEY:
+            r = o->have_key ? cli_fail(CLI_EXIT_USAGE, "socket: --key given twice")
+                            : cli_parse_key("--key", optarg, &o->key);
+            o->have_key = r == 0;
+            break;
+        case O_MIGKEY:
+            r = o->have_migration_key
+                    ? cli_fail(CLI_EXIT_USAGE, "socket: --migration-key given twice")
+                    : cli_parse_key("--migration-key", optarg, &o->migration_key);
+            o->have_migration_key = r == 0;
+            break;
+        case O_PID:
+        case O_LOG:
+            r = parse_pid_or_log(c == O_PID ? "--pid" : "--log", optarg, o);
+            break;
+        case O_FLAGS:
+            r = parse_list("--flags", optarg, flags_ok, o);
+            break;
+        case O_LOCALITY:
+            r = parse_list("--locality", optarg, locality_ok, o);
+            break;
+        case O_MIGRATION:
+            r = parse_list("--migration", optarg, migration_ok, o);
+            break;
+        case O_PLATFORM: {
+            struct kv kv[2];
+            static const char *const ok[] = {"port", NULL};
+            uint64_t port = 0;
+            int n = split_kv("--platform", optarg, ok, kv, 2);
+            r = n < 0    ? -n
+                : n != 1 ? cli_fail(CLI_EXIT_USAGE, "socket: --platform port=P")
+                         : parse_uint("--platform", &kv[0], 65535, &port);
+            o->server.platform_port = (unsigned)port;
+            break;
+        }
+        case O_NOSYNC:
+            o->no_sync = true;
+            break;
+        case O_SECCOMP:
+            break; /* accepted for swtpm's command lines; nvtpm installs no filter */
+        case O_PRINTCAPS:
+            o->print_caps = true;
+            break;
+        case O_PRINTSTATES:
+            o->print_states = true;
+            break;
+        case 'd':
+            o->daemon = true;
+            break;
+        case 't':
+            o->server.terminate = true;
+            break;
+        case 'r':
+            o->runas = optarg;
+            break;
+        case 'h':
+            fputs(socket_usage, stdout);
+            return -1;
+        default:
+            r = cli_usage_error("socket", argv[optind - 1]);
+        }
+    }
+    if (r == 0 && optind < argc)
+        r = cli_fail(CLI_EXIT_USAGE, "socket: unexpected argument '%s'", argv[optind]);
+    if (r == 0 && !o->print_caps && !have_state)
+        r = cli_fail(CLI_EXIT_USAGE, "socket: --tpmstate is needed (see nvtpm socket --help)");
+    if (r == 0 && !o->print_caps && !o->print_states && o->server.ctrl.type == TPM_CHANNEL_NONE &&
+        o->server.data.type == TPM_CHANNEL_NONE)
+        r = cli_fail(CLI_EXIT_USAGE, "socket: give --server, --ctrl or both");
+    return r;
+}
+
+static int open_log(struct socket_opts *o)
+{
+    if (!o->log_file)
+        return 0;
+    o->log_fd = open(o->log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (o->log_fd < 0)
+        return cli_fail(CLI_EXIT_ERROR, "--log: %s: %s", o->log_file, strerror(errno));
+    return 0;
+}
+
+/* Open the image and its NVRAM, check the key, start libtpms, serve. */
+static int serve(struct socket_opts *o)
+{
+    struct fdstash stash;
+    struct nv_error err = {0};
+    int code = 0;
+    fdstash_init(&stash);
+    struct bdrv_node *bs = open_state(o, &stash, &code);
+    struct nvram_options no = {.tpm_version = o->tpm_version,
+                               .format_blank = true,
+                               .key = o->have_key ? &o->key : NULL,
+                               .no_sync = o->no_sync};
+    struct nvram *nv = bs ? nvram_open(bs, &no, &err) : NULL;
+    if (bs && !nv)
+        code = cli_fail(cli_exit_code(err.code), "%s", err.msg);
+    if (nv) {
+        o->backend.tpm_version = o->tpm_version;
+        o->backend.nvram = nv;
+        o->backend.debug_level = o->log_level;
+        o->backend.debug_fd = o->log_fd;
+        if (tpm_backend_init(&o->backend, &err) < 0)
+            code = cli_fail(CLI_EXIT_NOT_LOADABLE, "%s", err.msg);
+        else if (o->not_need_init && tpm_backend_start(false) != 0)
+            code = cli_fail(CLI_EXIT_NOT_LOADABLE, "%s: libtpms could not start the TPM from it",
+                            bdrv_filename(bs));
+    }
+    if (nv && code == 0) {
+        o->server.image = bs;
+        o->server.file_key = o->have_key;
+        o->server.migration_key = o->have_migration_key;
+        o->server.log_level = o->log_level;
+        o->server.log_fd = o->log_fd;
+        o->server.ready = ready;
+        o->server.ready_opaque = o;
+        if (tpm_server_run(&o->server, &err) < 0)
+            code = cli_fail(cli_exit_code(err.code), "%s", err.msg);
+    }
+    nvram_close(nv);
+    if (bs)
+        bdrv_close(bs);
+    fdstash_cleanup(&stash);
+    return code;
+}
+
+int cmd_socket(int argc, char **argv)
+{
+    struct socket_opts o = {.tpm_version = 1, .state_fd = -1, .pid_fd = -1, .log_fd = 2};
+    o.server.data.fd = o.server.ctrl.fd = -1;
+    int r = parse_args(argc, argv, &o);
+    if (r == 0 && o.print_caps)
+        r = print_capabilities();
+    else if (r == 0 && o.print_states)
+        r = o.state_path ? print_states(o.state_path)
+                         : cli_fail(CLI_EXIT_USAGE, "socket: --print-states needs file= or dir=");
+    else if (r == 0 && (r = open_log(&o)) == 0)
+        r = serve(&o);
+    nvram_key_wipe(&o.key);
+    nvram_key_wipe(&o.migration_key);
+    return r < 0 ? 0 : r;
+}

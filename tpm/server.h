@@ -1,0 +1,18 @@
+/* server.h - what the server's files share, private to tpm/. */
+#ifndef NVTPM_TPM_SERVER_H
+#define NVTPM_TPM_SERVER_H
+
+#include <stdbool.h>
+
+#include "tpm.h"
+
+/* Open a channel's socket: a listening one (*connected false) or, for
+ * inherited descriptors, possibly a connected one (*connected true). */
+int server_open_channel(const struct tpm_channel_config *c, const char *what, bool *connected,
+                        struct nv_error *err);
+
+/* Read or write exactly len bytes on a socket; -1 on EOF or error. */
+int server_read_full(int fd, void *buf, size_t len);
+int server_write_full(int fd, const void *buf, size_t len);
+
+#endif
