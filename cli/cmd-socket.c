@@ -38,7 +38,16 @@ struct socket_opts {
     int log_fd;
     unsigned log_level;
     char state_buf[4096];
+    char *copies[32]; /* option values are parsed in copies: argv stays as typed */
+    int ncopies;
 };
+
+static char *copy_arg(struct socket_opts *o, const char *arg)
+{
+    if (o->ncopies == (int)(sizeof(o->copies) / sizeof(o->copies[0])))
+        return NULL;
+    return o->copies[o->ncopies++] = strdup(arg);
+}
 
 /* ---- option values: name=value,name,... ------------------------------------------------ */
 
@@ -492,19 +501,24 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
     optind = 1;
     opterr = 0;
     while (r == 0 && (c = getopt_long(argc, argv, "dtr:h", lo, NULL)) != -1) {
+        char *arg = optarg ? copy_arg(o, optarg) : NULL;
+        if (optarg && !arg) {
+            r = cli_fail(CLI_EXIT_USAGE, "socket: too many options");
+            break;
+        }
         switch (c) {
         case O_TPM2:
             o->tpm_version = 2;
             break;
         case O_TPMSTATE:
-            r = parse_tpmstate(optarg, o);
+            r = parse_tpmstate(arg, o);
             have_state = true;
             break;
         case O_SERVER:
-            r = parse_channel("--server", optarg, &o->server.data, false);
+            r = parse_channel("--server", arg, &o->server.data, false);
             break;
         case O_CTRL:
-            r = parse_channel("--ctrl", optarg, &o->server.ctrl, true);
+            r = parse_channel("--ctrl", arg, &o->server.ctrl, true);
             break;
         case O_KEY:
             r = o->have_key ? cli_fail(CLI_EXIT_USAGE, "socket: --key given twice")
@@ -519,22 +533,22 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
             break;
         case O_PID:
         case O_LOG:
-            r = parse_pid_or_log(c == O_PID ? "--pid" : "--log", optarg, o);
+            r = parse_pid_or_log(c == O_PID ? "--pid" : "--log", arg, o);
             break;
         case O_FLAGS:
-            r = parse_list("--flags", optarg, flags_ok, o);
+            r = parse_list("--flags", arg, flags_ok, o);
             break;
         case O_LOCALITY:
-            r = parse_list("--locality", optarg, locality_ok, o);
+            r = parse_list("--locality", arg, locality_ok, o);
             break;
         case O_MIGRATION:
-            r = parse_list("--migration", optarg, migration_ok, o);
+            r = parse_list("--migration", arg, migration_ok, o);
             break;
         case O_PLATFORM: {
             struct kv kv[2];
             static const char *const ok[] = {"port", NULL};
             uint64_t port = 0;
-            int n = split_kv("--platform", optarg, ok, kv, 2);
+            int n = split_kv("--platform", arg, ok, kv, 2);
             r = n < 0    ? -n
                 : n != 1 ? cli_fail(CLI_EXIT_USAGE, "socket: --platform port=P")
                          : parse_uint("--platform", &kv[0], 65535, &port);
@@ -646,5 +660,7 @@ int cmd_socket(int argc, char **argv)
         r = serve(&o);
     nvram_key_wipe(&o.key);
     nvram_key_wipe(&o.migration_key);
+    for (int i = 0; i < o.ncopies; i++)
+        free(o.copies[i]);
     return r < 0 ? 0 : r;
 }

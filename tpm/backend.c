@@ -206,8 +206,10 @@ static void send_startup(void)
                                                           : 1;
     }
     put16(cmd + 10, su);
+    /* TPM_RC_INITIALIZE (0x100): the TPM resumed from its saved volatile
+     * state and is started already, which is what that state says. */
     if (execute_locked(cmd, sizeof(cmd), &resp, &len) == TPM_SUCCESS && len >= 10 &&
-        get32(resp + 6))
+        get32(resp + 6) && get32(resp + 6) != 0x100)
         fprintf(stderr, "nvtpm: the startup command failed: 0x%x\n", get32(resp + 6));
 }
 
@@ -222,6 +224,11 @@ uint32_t tpm_backend_start(bool delete_volatile)
     if (delete_volatile && nvram_delete(be.opts.nvram, NVRAM_VOLATILESTATE, &err) < 0)
         report("deleting the volatile state", &err);
     TPM_RESULT r = TPMLIB_MainInit();
+    /* The saved volatile state is used once: a crash later must not resume
+     * from it (swtpm 0.7 keeps it, and would). */
+    if (r == TPM_SUCCESS && !delete_volatile &&
+        nvram_delete(be.opts.nvram, NVRAM_VOLATILESTATE, &err) < 0)
+        report("deleting the used volatile state", &err);
     if (r == TPM_SUCCESS) {
         be.running = true;
         be.guest_shut_down = false;
