@@ -110,9 +110,13 @@ static size_t get_stateblob(const struct ctrl_env *env, const uint8_t *body, uin
     uint32_t len = 0;
     size_t blob_len = 0;
     memset(resp, 0, 16);
-    if (!tpm_backend_running())
-        return put32(resp, TPM_CTRL_BAD_ORDINAL), 16;
+    if (!tpm_backend_running()) /* swtpm answers a stopped TPM with the result alone */
+        return put32(resp, TPM_CTRL_BAD_ORDINAL), 4;
+    if (type < 1 || type > 3) /* swtpm: an unknown type does not exist */
+        return put32(resp, TPM_CTRL_RETRY), 16;
     uint32_t r = tpm_backend_get_state((int)type, &state, &len);
+    if (r == TPM_CTRL_SUCCESS && len == 0)
+        r = TPM_CTRL_RETRY; /* an empty blob (no savestate) does not exist either */
     if (r == TPM_CTRL_SUCCESS && mig_blob_wrap(state, len, &blob, &blob_len, NULL) < 0)
         r = TPM_CTRL_FAIL;
     free(state);
@@ -167,6 +171,8 @@ static size_t set_buffersize(uint32_t wanted, uint8_t *resp)
     uint32_t size = 0, min = 0, max = 0;
     uint32_t r = tpm_backend_set_buffer_size(wanted, &size, &min, &max);
     put32(resp, r);
+    if (r)
+        return 4; /* swtpm: the result alone */
     put32(resp + 4, r ? 0 : size);
     put32(resp + 8, r ? 0 : min);
     put32(resp + 12, r ? 0 : max);
@@ -179,7 +185,7 @@ static size_t get_info(const uint8_t *body, uint8_t *resp, uint8_t **big)
     uint32_t offset = get32(body + 8);
     memset(resp, 0, 12);
     char *info = tpm_backend_info(flags);
-    size_t len = info ? strlen(info) : 0;
+    size_t len = info ? strlen(info) + 1 : 0; /* swtpm counts (and sends) the NUL */
     if (!info || offset > len) {
         free(info);
         put32(resp, TPM_CTRL_BAD_PARAMETER);

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""test-ctrl-diff.py - nvtpm's control channel against swtpm's, differentially:
+the same requests, in the same order, to a fresh swtpm and a fresh nvtpm
+(both TPM 2, started with not-need-init,startup-clear); the answers must be
+byte for byte equal, except where DIFFERENCES (below, and docs/nvtpm-socket.md)
+says why not. Usage: test-ctrl-diff.py NVTPM"""
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+nvtpm = sys.argv[1]
+passed = failed = 0
+
+# (name, request as hex, how to compare)
+# compare: 'exact', 'caps' (bit 16, LOCK_STORAGE, is nvtpm's alone), 'blob'
+# (result, flags and the blob's header; the blobs are different TPMs'),
+# 'nvtpm-only' (swtpm 0.7 does not have the command).
+SEQUENCE = [
+    ('GET_CAPABILITY', '00000001', 'caps'),
+    ('GET_TPMESTABLISHED', '00000004', 'exact'),
+    ('SET_LOCALITY 5', '0000000505', 'exact'),
+    ('unknown command 0x55', '00000055', 'exact'),
+    ('SET_BUFFERSIZE 2048 while running', '0000001100000800', 'exact'),
+    ('SET_BUFFERSIZE query', '0000001100000000', 'exact'),
+    ('GET_CONFIG', '0000000f', 'exact'),
+    ('SET_STATEBLOB while running', '0000000d000000000000000100000000', 'exact'),
+    ('GET_STATEBLOB volatile', '0000000c000000010000000200000000', 'blob'),
+    ('GET_STATEBLOB savestate (absent)', '0000000c000000010000000300000000', 'exact'),
+    ('GET_STATEBLOB type 9', '0000000c000000010000000900000000', 'exact'),
+    ('GET_INFO 1 (spec)', '000000120000000000000001000000000000000000', 'exact'),
+    ('GET_INFO 2 (attributes)', '000000120000000000000002000000000000000000', 'exact'),
+    ('HASH_START', '00000006', 'exact'),
+    ('HASH_DATA', '0000000700000004deadbeef', 'exact'),
+    ('HASH_END', '00000008', 'exact'),
+    ('RESET_TPMESTABLISHED locality 0', '0000000b00', 'exact'),
+    ('RESET_TPMESTABLISHED locality 3', '0000000b03', 'exact'),
+    ('SET_LOCALITY 4', '0000000504', 'exact'),
+    ('SET_LOCALITY 0', '0000000500', 'exact'),
+    ('STORE_VOLATILE', '0000000a', 'exact'),
+    ('CANCEL_TPM_CMD', '00000009', 'exact'),
+    ('STOP', '0000000e', 'exact'),
+    ('GET_TPMESTABLISHED when stopped', '00000004', 'exact'),
+    ('HASH_START when stopped', '00000006', 'exact'),
+    ('STORE_VOLATILE when stopped', '0000000a', 'exact'),
+    ('CANCEL when stopped', '00000009', 'exact'),
+    ('GET_STATEBLOB when stopped', '0000000c000000010000000100000000', 'exact'),
+    ('SET_BUFFERSIZE 2048 when stopped (clamped)', '0000001100000800', 'exact'),
+    ('SET_BUFFERSIZE 4096 when stopped', '0000001100001000', 'exact'),
+    ('INIT', '0000000200000000', 'exact'),
+    ('INIT, deleting the volatile state', '0000000200000001', 'exact'),
+    ('GET_STATEBLOB permanent', '0000000c000000010000000100000000', 'blob'),
+    ('LOCK_STORAGE', '0000001300000001', 'nvtpm-only'),
+]
+
+
+def check(ok, name, detail=''):
+    global passed, failed
+    passed, failed = (passed + 1, failed) if ok else (passed, failed + 1)
+    print(('ok - ' if ok else 'not ok - ') + name + ('' if ok or not detail else '\n  ' + detail))
+
+
+def free_ports(n):
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(('127.0.0.1', p))
+                socks.append(s)
+            return base
+        except OSError:
+            pass
+        finally:
+            for s in socks:
+                s.close()
+    raise SystemExit('no free ports')
+
+
+def ask(port, request):
+    s = socket.create_connection(('127.0.0.1', port), timeout=10)
+    s.sendall(request)
+    data = b''
+    s.settimeout(3)
+    try:
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+            s.settimeout(0.3)
+    except (socket.timeout, OSError):
+        pass
+    s.close()
+    return data
+
+
+def start(argv, port):
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit('server did not start: ' + ' '.join(argv))
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    p = free_ports(4)
+    flags = ['--flags', 'not-need-init,startup-clear']
+    sw = start(['swtpm', 'socket', '--tpm2', '--tpmstate', 'dir=' + tmp, '--server',
+                f'type=tcp,port={p}', '--ctrl', f'type=tcp,port={p + 1}'] + flags, p + 1)
+    nv = start([nvtpm, 'socket', '--tpm2', '--tpmstate', 'file=' + os.path.join(tmp, 'n.qcow2'),
+                '--server', f'type=tcp,port={p + 2}', '--ctrl', f'type=tcp,port={p + 3}'] + flags,
+               p + 3)
+    for name, req, how in SEQUENCE:
+        a, b = ask(p + 1, bytes.fromhex(req)), ask(p + 3, bytes.fromhex(req))
+        if how == 'exact':
+            check(a == b, f'{name}: the same answer', f'swtpm {a[:40].hex()} nvtpm {b[:40].hex()}')
+        elif how == 'caps':
+            ca, cb = struct.unpack('>Q', a)[0], struct.unpack('>Q', b)[0]
+            check(ca == cb & ~(1 << 16) and cb & (1 << 16),
+                  f'{name}: the same bits, plus LOCK_STORAGE', f'swtpm {ca:#x} nvtpm {cb:#x}')
+        elif how == 'blob':
+            same = a[:8] == b[:8] and a[16:22] == b[16:22] and len(b) > 16 and \
+                struct.unpack('>I', b[8:12])[0] == len(b) - 16 and a[26:28] == b[26:28]
+            check(same, f'{name}: the same result, flags and blob framing',
+                  f'swtpm {a[:32].hex()} nvtpm {b[:32].hex()}')
+        else:
+            check(a == struct.pack('>I', 0x0a) and b == b'\0\0\0\0',
+                  f'{name}: swtpm 0.7 lacks it, nvtpm answers success', f'{a.hex()} {b.hex()}')
+    for proc in (sw, nv):
+        proc.terminate()
+        proc.wait(10)
+
+print(f'{passed} passed, {failed} failed')
+sys.exit(1 if failed else 0)
