@@ -160,6 +160,17 @@ static bool serve_command(struct server *s, int fd, uint8_t *buf, uint32_t cap)
     return keep && !s->cfg->data.disconnect;
 }
 
+void tpm_server_serve_data(int fd)
+{
+    static const struct tpm_server_config cfg = {.log_fd = -1};
+    struct server s = {.cfg = &cfg, .data_fd = fd, .pending_fd = -1};
+    uint32_t cap = tpm_backend_buffer_size();
+    uint8_t *buf = malloc(cap);
+    while (buf && serve_command(&s, fd, buf, cap))
+        ;
+    free(buf);
+}
+
 static void *tpm_thread(void *opaque)
 {
     struct server *s = opaque;

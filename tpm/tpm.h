@@ -116,6 +116,11 @@ struct tpm_server_config {
     void *ready_opaque;
 };
 
+/* Serve the data channel's commands arriving on the connected socket fd, on
+ * the calling thread, until it closes or a command ends the connection (for
+ * the fuzz target and tests; the server does this on its TPM thread). */
+void tpm_server_serve_data(int fd);
+
 /* Serve until SHUTDOWN, a signal (SIGTERM, SIGINT: orderly), or a terminate
  * condition; the TPM is stopped orderly before returning. */
 int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err);
