@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# bench-tpm.sh - nvtpm socket against swtpm socket, side by side in one run,
+# with one raw-socket client (one connection, no process per command):
+# TPM2_GetRandom, TPM2_PCR_Extend and TPM2_NV_Write (which persists the state)
+# over TCP and UNIX sockets; nvtpm's NV_Write with fdatasync (the default) and
+# without (--no-sync); the time from start to the first answered command; the
+# resident memory after a fixed workload. Ceilings: libtpms called in-process,
+# and a trivial echo server on the same kind of socket. Servers and client
+# pinned to one CPU (taskset -c 0) for the headline figures: a wake-up across
+# CPUs costs tens of microseconds here. Unpinned figures follow.
+# Usage: bench-tpm.sh BUILD_DIR [ROUNDS]
+set -eu
+B=$1
+ROUNDS=${2:-3}
+BENCH=$B/tests/bench/bench-tpm NVTPM=$B/cli/nvtpm
+LIGHT=20000 HEAVY=2000
+for p in swtpm taskset python3; do command -v $p >/dev/null || { echo "$p is missing (./dev deps)"; exit 1; }; done
+T=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$T"' EXIT
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+# start WHO TRANSPORT PIN [extra]: a fresh server; SRV and ADDR are set
+start() {
+    local who=$1 transport=$2 pin=$3 extra=${4:-} server
+    rm -rf "$T/state" && mkdir "$T/state"
+    if [ "$transport" = tcp ]; then server="type=tcp,port=$PORT"; ADDR=tcp:$PORT
+    else server="type=unixio,path=$T/data.sock"; ADDR=unix:$T/data.sock; fi
+    local run=()
+    [ "$pin" = pinned ] && run=(taskset -c 0)
+    case $who in
+    swtpm) "${run[@]}" swtpm socket --tpm2 --tpmstate "dir=$T/state" --server "$server" \
+               --flags not-need-init,startup-clear >/dev/null 2>&1 & ;;
+    nvtpm) "${run[@]}" "$NVTPM" socket --tpm2 --tpmstate "file=$T/state/tpm.qcow2" --server "$server" \
+               --flags not-need-init,startup-clear $extra >/dev/null 2>&1 & ;;
+    echo) "${run[@]}" "$BENCH" echo "$ADDR" >/dev/null 2>&1 & ;;
+    esac
+    SRV=$!
+    "$BENCH" wait "$ADDR"
+}
+stop() { kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null || true; }
+
+# rate WHO TRANSPORT PIN CMD N [extra]: the median rate over ROUNDS fresh servers
+rate() {
+    local i run=()
+    [ "$3" = pinned ] && run=(taskset -c 0)
+    for ((i = 0; i < ROUNDS; i++)); do
+        start "$1" "$2" "$3" "${6:-}"
+        "${run[@]}" "$BENCH" client "$ADDR" "$4" "$5"
+        stop
+    done | median
+}
+
+row() { # NAME NVTPM SWTPM
+    awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { printf "| %-38s | %9.0f | %9.0f | %6.2fx |\n", n, a, b, a / b }'
+}
+
+echo "nvtpm socket vs swtpm socket $(swtpm --version | head -1 | awk '{print $4}'), libtpms $("$NVTPM" --version | sed 's/.*libtpms \(.*\))/\1/')"
+echo "$LIGHT light / $HEAVY NV commands per round, $ROUNDS rounds, median, commands per second"
+for pin in pinned unpinned; do
+    echo
+    echo "### $pin"
+    echo
+    echo "| workload ($pin)                         | nvtpm/s   | swtpm/s   | ratio   |"
+    echo "|----------------------------------------|-----------|-----------|---------|"
+    for transport in tcp unix; do
+        for cmd in getrandom pcrextend; do
+            row "$cmd, $transport" "$(rate nvtpm $transport $pin $cmd $LIGHT)" "$(rate swtpm $transport $pin $cmd $LIGHT)"
+        done
+        sw=$(rate swtpm $transport $pin nvwrite $HEAVY)
+        row "nvwrite, $transport (fdatasync on)" "$(rate nvtpm $transport $pin nvwrite $HEAVY)" "$sw"
+        row "nvwrite, $transport (--no-sync)" "$(rate nvtpm $transport $pin nvwrite $HEAVY --no-sync)" "$sw"
+    done
+done
+
+echo
+echo "### ceilings (pinned, TCP)"
+echo
+echo "| workload                               | rate/s    | nvtpm/s   | nvtpm share |"
+echo "|----------------------------------------|-----------|-----------|-------------|"
+for cmd in getrandom pcrextend nvwrite; do
+    n=$LIGHT; [ $cmd = nvwrite ] && n=$HEAVY
+    inproc=$(for ((i = 0; i < ROUNDS; i++)); do taskset -c 0 "$BENCH" inproc $cmd $n; done | median)
+    extra=""; [ $cmd = nvwrite ] && extra=--no-sync
+    nv=$(rate nvtpm tcp pinned $cmd $n $extra)
+    awk -v n="libtpms in-process, $cmd" -v a="$inproc" -v b="$nv" 'BEGIN { printf "| %-38s | %9.0f | %9.0f | %10.0f%% |\n", n, a, b, 100 * b / a }'
+done
+echo_rate=$(rate echo tcp pinned getrandom $LIGHT)
+nv=$(rate nvtpm tcp pinned getrandom $LIGHT)
+awk -v a="$echo_rate" -v b="$nv" 'BEGIN { printf "| %-38s | %9.0f | %9.0f | %10.0f%% |\n", "echo server, TCP", a, b, 100 * b / a }'
+
+echo
+echo "### start-up and memory"
+echo
+for who in nvtpm swtpm; do
+    t=$(for ((i = 0; i < 5; i++)); do
+        s=$(date +%s%N); start $who tcp unpinned; e=$(date +%s%N); stop; echo $(( (e - s) / 1000 ))
+    done | median)
+    start $who tcp unpinned
+    "$BENCH" client "$ADDR" getrandom $LIGHT >/dev/null
+    "$BENCH" client "$ADDR" nvwrite 200 >/dev/null
+    rss=$(awk '/VmRSS/ {print $2}' /proc/$SRV/status)
+    stop
+    echo "$who: first answer $((t / 1000)).$(( (t % 1000) / 100 )) ms after start; resident memory after $LIGHT GetRandom and 200 NV_Write: $rss KiB"
+done
