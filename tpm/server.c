@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -112,25 +113,86 @@ static uint32_t failure_code(void)
     return tpm_backend_version() == 2 ? 0x101u /* TPM_RC_FAILURE */ : 0x09u /* TPM_FAIL */;
 }
 
+/* What a data client sent and the TPM thread has not used yet: one recv
+ * usually brings a whole command, where reading header and body apart would
+ * cost three system calls per command. */
+struct reader {
+    int fd;
+    size_t have, pos;
+    uint8_t buf[8192];
+};
+
+static int reader_get(struct reader *r, void *dst, size_t len)
+{
+    uint8_t *p = dst;
+    while (len) {
+        if (r->pos == r->have) {
+            ssize_t n;
+            do {
+                n = recv(r->fd, r->buf, sizeof(r->buf), 0);
+            } while (n < 0 && errno == EINTR);
+            if (n <= 0)
+                return -1;
+            r->have = (size_t)n;
+            r->pos = 0;
+        }
+        size_t take = r->have - r->pos < len ? r->have - r->pos : len;
+        memcpy(p, r->buf + r->pos, take);
+        r->pos += take;
+        p += take;
+        len -= take;
+    }
+    return 0;
+}
+
+/* The response, with the prefixed framing's length and trailer: one send. */
+static int send_response(int fd, const uint8_t *resp, uint32_t len, bool prefixed)
+{
+    uint8_t len_word[4], ack[4] = {0};
+    put32(len_word, len);
+    struct iovec iov[3] = {{len_word, 4}, {(void *)resp, len}, {ack, 4}};
+    struct msghdr msg = {.msg_iov = prefixed ? iov : iov + 1, .msg_iovlen = prefixed ? 3 : 1};
+    size_t total = len + (prefixed ? 8 : 0);
+    ssize_t n;
+    do {
+        n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)total)
+        return 0;
+    if (n < 0)
+        return -1;
+    /* A short send (a full socket buffer): the rest the slow way. */
+    uint8_t *flat = malloc(total);
+    if (!flat)
+        return -1;
+    if (prefixed) {
+        memcpy(flat, len_word, 4);
+        memcpy(flat + 4 + len, ack, 4);
+    }
+    memcpy(flat + (prefixed ? 4 : 0), resp, len);
+    int r = server_write_full(fd, flat + n, total - (size_t)n);
+    free(flat);
+    return r;
+}
+
 /* Serve one command; false when the connection should close. */
-static bool serve_command(struct server *s, int fd, uint8_t *buf, uint32_t cap)
+static bool serve_command(struct server *s, struct reader *rd, uint8_t *buf, uint32_t cap)
 {
     uint8_t head[6], err_resp[10], locality = s->locality;
     bool prefixed = false;
-    if (server_read_full(fd, head, 4) < 0)
+    if (reader_get(rd, head, 4) < 0)
         return false;
     uint32_t first = get32(head);
     if (first == MS_SESSION_END)
         return false;
     if (first == MS_SEND_COMMAND) {
         uint8_t pre[5];
-        if (tpm_backend_version() != 2 || server_read_full(fd, pre, 5) < 0 ||
-            server_read_full(fd, head, 4) < 0)
+        if (tpm_backend_version() != 2 || reader_get(rd, pre, 5) < 0 || reader_get(rd, head, 4) < 0)
             return false;
         prefixed = true;
         locality = pre[0];
     }
-    if (server_read_full(fd, head + 4, 2) < 0)
+    if (reader_get(rd, head + 4, 2) < 0)
         return false;
     uint32_t size = get32(head + 2);
     const uint8_t *resp = err_resp;
@@ -141,7 +203,7 @@ static bool serve_command(struct server *s, int fd, uint8_t *buf, uint32_t cap)
         keep = false;
     } else {
         memcpy(buf, head, 6);
-        if (server_read_full(fd, buf + 6, size - 6) < 0)
+        if (reader_get(rd, buf + 6, size - 6) < 0)
             return false;
         log_bytes(s, "command", buf, size);
         if (tpm_backend_execute(buf, size, locality, &resp, &resp_len) != 0) {
@@ -151,11 +213,7 @@ static bool serve_command(struct server *s, int fd, uint8_t *buf, uint32_t cap)
         }
         log_bytes(s, "response", resp, resp_len);
     }
-    uint8_t len_word[4], ack[4] = {0};
-    put32(len_word, resp_len);
-    if ((prefixed && server_write_full(fd, len_word, 4) < 0) ||
-        server_write_full(fd, resp, resp_len) < 0 ||
-        (prefixed && server_write_full(fd, ack, 4) < 0))
+    if (send_response(rd->fd, resp, resp_len, prefixed) < 0)
         return false;
     return keep && !s->cfg->data.disconnect;
 }
@@ -166,8 +224,12 @@ void tpm_server_serve_data(int fd)
     struct server s = {.cfg = &cfg, .data_fd = fd, .pending_fd = -1};
     uint32_t cap = tpm_backend_buffer_size();
     uint8_t *buf = malloc(cap);
-    while (buf && serve_command(&s, fd, buf, cap))
+    struct reader *rd = calloc(1, sizeof(*rd));
+    if (rd)
+        rd->fd = fd;
+    while (buf && rd && serve_command(&s, rd, buf, cap))
         ;
+    free(rd);
     free(buf);
 }
 
@@ -196,8 +258,12 @@ static void *tpm_thread(void *opaque)
             free(buf);
             buf = malloc(cap);
         }
-        while (buf && serve_command(s, fd, buf, cap))
+        struct reader *rd = calloc(1, sizeof(*rd));
+        if (rd)
+            rd->fd = fd;
+        while (buf && rd && serve_command(s, rd, buf, cap))
             ;
+        free(rd);
         pthread_mutex_lock(&s->lock);
         close(fd);
         s->data_fd = -1;

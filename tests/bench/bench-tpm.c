@@ -7,7 +7,8 @@
  *   bench-tpm echo ADDR            a trivial server: reads a command, answers
  *                                  10 bytes of success at once
  * ADDR: tcp:PORT or unix:PATH. CMD: getrandom, pcrextend or nvwrite (a
- * 32-byte write to an NV index defined first: the state is persisted). */
+ * 32-byte write to an NV index defined first, different bytes every time: a
+ * write of what is there already changes nothing and persists nothing). */
 #include <errno.h>
 #include <libtpms/tpm_error.h>
 #include <libtpms/tpm_library.h>
@@ -159,6 +160,13 @@ static long transact(int fd, const uint8_t *cmd, size_t len)
     return get32(resp + 6);
 }
 
+/* NV_Write's data ends 2 bytes before the command (the offset follows it). */
+static void vary(const char *name, uint8_t *cmd, size_t len, long i)
+{
+    if (strcmp(name, "nvwrite") == 0)
+        put32(cmd + len - 2 - 32, (uint32_t)i);
+}
+
 static int client(const char *addr, const char *name, long n)
 {
     uint8_t cmd[256];
@@ -173,6 +181,7 @@ static int client(const char *addr, const char *name, long n)
     size_t len = build(name, cmd);
     double t0 = now();
     for (long i = 0; i < n; i++) {
+        vary(name, cmd, len, i);
         long rc = transact(fd, cmd, len);
         if (rc != 0)
             return fprintf(stderr, "bench-tpm: %s: 0x%lx\n", name, rc), 1;
@@ -276,7 +285,7 @@ static int inproc(const char *name, long n)
     size_t len = build(name, cmd);
     double t0 = now();
     for (long i = 0; i < n; i++)
-        if (process(&resp, &cap, cmd, len) != 0)
+        if ((vary(name, cmd, len, i), process(&resp, &cap, cmd, len)) != 0)
             return fprintf(stderr, "bench-tpm: in-process %s failed\n", name), 1;
     printf("%.0f\n", (double)n / (now() - t0));
     TPMLIB_Terminate();
