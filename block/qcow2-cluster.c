@@ -74,6 +74,14 @@ static uint64_t l2_index(const struct qcow2_state *s, uint64_t guest)
     return (guest >> s->cluster_bits) & (s->l2_entries - 1);
 }
 
+/* How much of len, starting at guest, lies inside guest's cluster: requests
+ * are split so that each piece touches one cluster. */
+static size_t chunk_len(const struct qcow2_state *s, uint64_t guest, uint64_t len)
+{
+    uint64_t to_end = s->cluster_size - (guest & (s->cluster_size - 1));
+    return (size_t)(to_end < len ? to_end : len);
+}
+
 static int lookup(struct bdrv_node *bs, uint64_t guest, uint64_t *entry, struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
@@ -163,9 +171,7 @@ int qcow2_read(struct bdrv_node *bs, uint64_t offset, uint8_t *buf, size_t len,
 {
     struct qcow2_state *s = bs->opaque;
     while (len) {
-        size_t n = s->cluster_size - (offset & (s->cluster_size - 1));
-        if (n > len)
-            n = len;
+        size_t n = chunk_len(s, offset, len);
         int r = read_chunk(bs, offset, buf, n, err);
         if (r < 0)
             return r;
@@ -350,9 +356,7 @@ int qcow2_write(struct bdrv_node *bs, uint64_t offset, const uint8_t *buf, size_
 {
     struct qcow2_state *s = bs->opaque;
     while (len) {
-        size_t n = s->cluster_size - (offset & (s->cluster_size - 1));
-        if (n > len)
-            n = len;
+        size_t n = chunk_len(s, offset, len);
         int r = write_chunk(bs, offset, buf, n, err);
         if (r < 0)
             return r;
@@ -389,14 +393,13 @@ int qcow2_write_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len, stru
     uint8_t *zeros = NULL;
     int r = 0;
     while (len && r == 0) {
-        uint64_t in_off = offset & (s->cluster_size - 1);
-        uint64_t n = s->cluster_size - in_off < len ? s->cluster_size - in_off : len;
+        size_t n = chunk_len(s, offset, len);
         if (s->version >= 3 && n == s->cluster_size) {
             r = zero_cluster(bs, offset, err);
         } else {
             if (!zeros && !(zeros = calloc(1, s->cluster_size)))
                 return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
-            r = write_chunk(bs, offset, zeros, (size_t)n, err);
+            r = write_chunk(bs, offset, zeros, n, err);
         }
         offset += n;
         len -= n;
