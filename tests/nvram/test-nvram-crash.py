@@ -14,6 +14,10 @@ import subprocess
 import sys
 import tempfile
 
+sys.dont_write_bytecode = True  # keep the source tree clean
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from tap import check, finish  # noqa: E402
+
 tools = sys.argv[1]
 keydir = tempfile.TemporaryDirectory()
 keyfile = None
@@ -21,19 +25,6 @@ if len(sys.argv) > 2 and sys.argv[2] == '--encrypted':
     keyfile = os.path.join(keydir.name, 'key')
     with open(keyfile, 'w') as f:
         f.write(os.urandom(32).hex())
-passed = failed = 0
-
-
-def check(ok, name, detail=''):
-    global passed, failed
-    if ok:
-        passed += 1
-        print('ok -', name)
-    else:
-        failed += 1
-        print('not ok -', name)
-        if detail:
-            print('  ' + detail[:400])
 
 
 def run(*args, **kw):
@@ -61,13 +52,13 @@ with tempfile.TemporaryDirectory() as tmp:
     if keyfile:
         fmt[1:1] = ['--key', 'file=' + keyfile]
     r = run(*fmt)
-    check(r.returncode == 0, 'the base image is formatted', r.stderr)
+    check(r.returncode == 0, 'the base image is formatted', r.stderr[:400])
     run('cp', base, work)
     cmds = []
     for blob, pat, length in COMMITS:
         cmds += ['-c', f'store {blob} -P {pat} {length}']
     r = nvram_io(*cmds, f'faults:log={log}:{work}')
-    check(r.returncode == 0, f'{len(COMMITS)} commits ran over the logging driver', r.stderr)
+    check(r.returncode == 0, f'{len(COMMITS)} commits ran over the logging driver', r.stderr[:400])
 
     records = [line.split() for line in run(os.path.join(tools, 'wlog-replay'), log,
                                             'list').stdout.splitlines()]
@@ -117,5 +108,4 @@ with tempfile.TemporaryDirectory() as tmp:
     check(bad == 0, 'every crash point loads the last flushed commit or the one in flight, '
           'and qemu-img check is clean', f'{bad} bad')
 
-print(f'{passed} passed, {failed} failed')
-sys.exit(1 if failed else 0)
+finish()

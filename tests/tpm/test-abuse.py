@@ -14,32 +14,11 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from tap import check, finish, free_ports  # noqa: E402
+
 nvtpm = sys.argv[1]
-passed = failed = 0
-
-
-def check(ok, name, detail=''):
-    global passed, failed
-    passed, failed = (passed + 1, failed) if ok else (passed, failed + 1)
-    print(('ok - ' if ok else 'not ok - ') + name + ('' if ok or not detail else '\n  ' + detail))
-
-
-def free_ports(n):
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(('127.0.0.1', p))
-                socks.append(s)
-            return base
-        except OSError:
-            pass
-        finally:
-            for s in socks:
-                s.close()
-    raise SystemExit('no free ports')
 
 
 def connect(port, timeout=5):
@@ -180,5 +159,4 @@ with tempfile.TemporaryDirectory() as tmp:
     check('AddressSanitizer' not in open(os.path.join(tmp, 'server.log')).read(),
           'no sanitizer report in the server log')
 
-print(f'{passed} passed, {failed} failed')
-sys.exit(1 if failed else 0)
+finish()

@@ -5,7 +5,6 @@ the same requests, in the same order, to a fresh swtpm and a fresh nvtpm
 byte for byte equal, except where DIFFERENCES (below, and docs/nvtpm-socket.md)
 says why not. Usage: test-ctrl-diff.py NVTPM"""
 import os
-import random
 import socket
 import struct
 import subprocess
@@ -13,8 +12,11 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from tap import check, finish, free_ports  # noqa: E402
+
 nvtpm = sys.argv[1]
-passed = failed = 0
 
 # (name, request as hex, how to compare)
 # compare: 'exact', 'caps' (bit 16, LOCK_STORAGE, is nvtpm's alone), 'blob'
@@ -56,30 +58,6 @@ SEQUENCE = [
     ('GET_STATEBLOB permanent', '0000000c000000010000000100000000', 'blob'),
     ('LOCK_STORAGE', '0000001300000001', 'nvtpm-only'),
 ]
-
-
-def check(ok, name, detail=''):
-    global passed, failed
-    passed, failed = (passed + 1, failed) if ok else (passed, failed + 1)
-    print(('ok - ' if ok else 'not ok - ') + name + ('' if ok or not detail else '\n  ' + detail))
-
-
-def free_ports(n):
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(('127.0.0.1', p))
-                socks.append(s)
-            return base
-        except OSError:
-            pass
-        finally:
-            for s in socks:
-                s.close()
-    raise SystemExit('no free ports')
 
 
 def ask(port, request):
@@ -139,5 +117,4 @@ with tempfile.TemporaryDirectory() as tmp:
         proc.terminate()
         proc.wait(10)
 
-print(f'{passed} passed, {failed} failed')
-sys.exit(1 if failed else 0)
+finish()

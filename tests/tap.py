@@ -1,0 +1,44 @@
+"""tap.py - what the Python test scripts share: TAP-style checks with a count
+that ends the run, and a search for free TCP ports on 127.0.0.1.
+
+A script imports it after putting tests/ on sys.path (see any test-*.py)."""
+import random
+import socket
+import sys
+
+passed = failed = 0
+
+
+def check(ok, name, detail=''):
+    """One assertion: prints ok/not ok, with detail only when it failed."""
+    global passed, failed
+    if ok:
+        passed += 1
+    else:
+        failed += 1
+    print(('ok - ' if ok else 'not ok - ') + name + ('' if ok or not detail else '\n  ' + detail))
+
+
+def finish():
+    """Prints the count and exits 1 if any check failed."""
+    print(f'{passed} passed, {failed} failed')
+    sys.exit(1 if failed else 0)
+
+
+def free_ports(n):
+    """The first of n consecutive TCP ports that are free right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(('127.0.0.1', p))
+                socks.append(s)
+            return base
+        except OSError:
+            pass
+        finally:
+            for s in socks:
+                s.close()
+    raise SystemExit('no free ports')
