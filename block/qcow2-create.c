@@ -9,18 +9,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    v = htobe32(v);
-    memcpy(p, &v, 4);
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    v = htobe64(v);
-    memcpy(p, &v, 8);
-}
-
 static uint64_t div_up(uint64_t a, uint64_t b)
 {
     return (a + b - 1) / b;
@@ -69,23 +57,23 @@ static int write_layout(int fd, const struct layout *l, uint64_t size, int versi
     uint8_t *buf = calloc(1, l->cs);
     if (!buf)
         return -ENOMEM;
-    put_be32(buf, QCOW2_MAGIC_BE);
-    put_be32(buf + 4, (uint32_t)version);
-    put_be32(buf + 20, (uint32_t)__builtin_ctzll(l->cs));
-    put_be64(buf + 24, size);
-    put_be32(buf + 36, (uint32_t)l->l1_entries);
-    put_be64(buf + 40, (1 + l->reftable_clusters + l->refblocks) * l->cs);
-    put_be64(buf + 48, l->cs);
-    put_be32(buf + 56, (uint32_t)l->reftable_clusters);
+    nv_put_be32(buf, QCOW2_MAGIC_BE);
+    nv_put_be32(buf + 4, (uint32_t)version);
+    nv_put_be32(buf + 20, (uint32_t)__builtin_ctzll(l->cs));
+    nv_put_be64(buf + 24, size);
+    nv_put_be32(buf + 36, (uint32_t)l->l1_entries);
+    nv_put_be64(buf + 40, (1 + l->reftable_clusters + l->refblocks) * l->cs);
+    nv_put_be64(buf + 48, l->cs);
+    nv_put_be32(buf + 56, (uint32_t)l->reftable_clusters);
     if (version == 3) {
-        put_be32(buf + 96, 4);    /* refcount_order: 16-bit refcounts */
-        put_be32(buf + 100, 112); /* header_length: with the compression type byte */
+        nv_put_be32(buf + 96, 4);    /* refcount_order: 16-bit refcounts */
+        nv_put_be32(buf + 100, 112); /* header_length: with the compression type byte */
     }
     int r = write_all(fd, buf, l->cs, 0);
     for (uint64_t i = 0; r == 0 && i < l->reftable_clusters; i++) {
         memset(buf, 0, l->cs);
         for (uint64_t j = 0; j < l->cs / 8 && i * (l->cs / 8) + j < l->refblocks; j++)
-            put_be64(buf + 8 * j, (1 + l->reftable_clusters + i * (l->cs / 8) + j) * l->cs);
+            nv_put_be64(buf + 8 * j, (1 + l->reftable_clusters + i * (l->cs / 8) + j) * l->cs);
         r = write_all(fd, buf, l->cs, (1 + i) * l->cs);
     }
     uint64_t per_block = l->cs / 2;

@@ -15,32 +15,6 @@
 
 static __thread int backing_depth;
 
-static uint32_t be32_at(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return be32toh(v);
-}
-
-static uint64_t be64_at(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return be64toh(v);
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    v = htobe32(v);
-    memcpy(p, &v, 4);
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    v = htobe64(v);
-    memcpy(p, &v, 8);
-}
-
 #define BAD(...) nv_error_set(err, -EINVAL, __VA_ARGS__)
 
 /* [offset, offset+len) lies in the file and offset is cluster aligned. */
@@ -70,11 +44,11 @@ static int parse_features(struct bdrv_node *bs, const uint8_t *h, struct nv_erro
         s->header_length = QCOW2_V2_HEADER_LEN;
         return 0;
     }
-    s->incompatible = be64_at(h + 72);
-    s->compatible = be64_at(h + 80);
-    s->autoclear = be64_at(h + 88);
-    s->refcount_order = be32_at(h + 96);
-    s->header_length = be32_at(h + 100);
+    s->incompatible = nv_be64(h + 72);
+    s->compatible = nv_be64(h + 80);
+    s->autoclear = nv_be64(h + 88);
+    s->refcount_order = nv_be32(h + 96);
+    s->header_length = nv_be32(h + 100);
     if (s->header_length < QCOW2_V3_HEADER_LEN || s->header_length > s->cluster_size)
         return BAD("%s: header_length %u is outside %u..%llu", bs->filename, s->header_length,
                    QCOW2_V3_HEADER_LEN, (unsigned long long)s->cluster_size);
@@ -107,16 +81,16 @@ static int parse_sizes(struct bdrv_node *bs, const uint8_t *h, uint64_t file_len
                        struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
-    s->virtual_size = be64_at(h + 24);
-    s->l1_size = be32_at(h + 36);
-    s->l1_offset = be64_at(h + 40);
+    s->virtual_size = nv_be64(h + 24);
+    s->l1_size = nv_be32(h + 36);
+    s->l1_offset = nv_be64(h + 40);
     s->disk_l1_size = s->l1_size;
     s->disk_l1_offset = s->l1_offset;
     s->disk_virtual_size = s->virtual_size;
-    s->reftable_offset = be64_at(h + 48);
-    s->reftable_clusters = be32_at(h + 56);
-    s->nb_snapshots = be32_at(h + 60);
-    s->snapshots_offset = be64_at(h + 64);
+    s->reftable_offset = nv_be64(h + 48);
+    s->reftable_clusters = nv_be32(h + 56);
+    s->nb_snapshots = nv_be32(h + 60);
+    s->snapshots_offset = nv_be64(h + 64);
     s->l2_entries = s->cluster_size / 8;
     s->refcount_max = s->refcount_order == 6 ? UINT64_MAX : (1ull << (1u << s->refcount_order)) - 1;
     s->refblock_entries = s->cluster_size * 8 >> s->refcount_order;
@@ -167,26 +141,26 @@ static int parse_header(struct bdrv_node *bs, uint64_t file_len, struct nv_error
     int r = bdrv_pread(s->file, 0, h, file_len < sizeof(h) ? file_len : sizeof(h), err);
     if (r < 0)
         return r;
-    if (be32_at(h) != QCOW2_MAGIC_BE)
+    if (nv_be32(h) != QCOW2_MAGIC_BE)
         return BAD("%s: not a qcow2 image (bad magic)", bs->filename);
-    s->version = be32_at(h + 4);
+    s->version = nv_be32(h + 4);
     if (s->version != 2 && s->version != 3)
         return nv_error_set(err, -ENOTSUP, "%s: qcow2 version %u is not supported (2 or 3)",
                             bs->filename, s->version);
     if (s->version == 3 && file_len < QCOW2_V3_HEADER_LEN)
         return BAD("%s: version 3 header cut short", bs->filename);
-    s->cluster_bits = be32_at(h + 20);
+    s->cluster_bits = nv_be32(h + 20);
     if (s->cluster_bits < QCOW2_MIN_CLUSTER_BITS || s->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
         return BAD("%s: cluster_bits %u is outside %d..%d", bs->filename, s->cluster_bits,
                    QCOW2_MIN_CLUSTER_BITS, QCOW2_MAX_CLUSTER_BITS);
     s->cluster_size = 1ull << s->cluster_bits;
-    if (be32_at(h + 32) != 0)
+    if (nv_be32(h + 32) != 0)
         return nv_error_set(err, -ENOTSUP,
                             "%s: encrypted qcow2 images (crypt_method %u) are "
                             "not supported",
-                            bs->filename, be32_at(h + 32));
-    s->backing_file_offset = be64_at(h + 8);
-    s->backing_file_size = be32_at(h + 16);
+                            bs->filename, nv_be32(h + 32));
+    s->backing_file_offset = nv_be64(h + 8);
+    s->backing_file_size = nv_be32(h + 16);
     if ((r = parse_features(bs, h, err)) < 0 || (r = parse_sizes(bs, h, file_len, err)) < 0)
         return r;
     uint64_t cs = s->cluster_size;
@@ -223,7 +197,7 @@ static int parse_extensions(struct bdrv_node *bs, uint64_t file_len, char *backi
         int r = bdrv_pread(s->file, pos, e, 8, err);
         if (r < 0)
             return r;
-        uint32_t type = be32_at(e), len = be32_at(e + 4);
+        uint32_t type = nv_be32(e), len = nv_be32(e + 4);
         if (type == QCOW2_EXT_END)
             return 0;
         if (len > end - pos - 8)
@@ -347,9 +321,9 @@ static int load_snapshots(struct bdrv_node *bs, uint64_t file_len, struct nv_err
         int r = bdrv_pread(s->file, pos, e, 40, err);
         if (r < 0)
             return r;
-        s->snapshots[i].l1_offset = be64_at(e);
-        s->snapshots[i].l1_size = be32_at(e + 8);
-        uint64_t extra = be32_at(e + 36), id = (uint16_t)(e[12] << 8 | e[13]),
+        s->snapshots[i].l1_offset = nv_be64(e);
+        s->snapshots[i].l1_size = nv_be32(e + 8);
+        uint64_t extra = nv_be32(e + 36), id = (uint16_t)(e[12] << 8 | e[13]),
                  name = (uint16_t)(e[14] << 8 | e[15]);
         if (extra > (1u << 20))
             return BAD("%s: snapshot %u has %llu bytes of extra data", bs->filename, i,
@@ -412,23 +386,23 @@ int qcow2_write_header_fields(struct bdrv_node *bs, bool with_l1, struct nv_erro
         s->disk_virtual_size = s->virtual_size;
     }
     uint8_t h[QCOW2_V3_HEADER_LEN] = {0};
-    put_be32(h, QCOW2_MAGIC_BE);
-    put_be32(h + 4, s->version);
-    put_be64(h + 8, s->backing_file_offset);
-    put_be32(h + 16, s->backing_file_size);
-    put_be32(h + 20, s->cluster_bits);
-    put_be64(h + 24, s->disk_virtual_size);
-    put_be32(h + 36, s->disk_l1_size);
-    put_be64(h + 40, s->disk_l1_offset);
-    put_be64(h + 48, s->reftable_offset);
-    put_be32(h + 56, s->reftable_clusters);
-    put_be32(h + 60, s->nb_snapshots);
-    put_be64(h + 64, s->snapshots_offset);
-    put_be64(h + 72, s->incompatible);
-    put_be64(h + 80, s->compatible);
-    put_be64(h + 88, s->autoclear);
-    put_be32(h + 96, s->refcount_order);
-    put_be32(h + 100, s->header_length);
+    nv_put_be32(h, QCOW2_MAGIC_BE);
+    nv_put_be32(h + 4, s->version);
+    nv_put_be64(h + 8, s->backing_file_offset);
+    nv_put_be32(h + 16, s->backing_file_size);
+    nv_put_be32(h + 20, s->cluster_bits);
+    nv_put_be64(h + 24, s->disk_virtual_size);
+    nv_put_be32(h + 36, s->disk_l1_size);
+    nv_put_be64(h + 40, s->disk_l1_offset);
+    nv_put_be64(h + 48, s->reftable_offset);
+    nv_put_be32(h + 56, s->reftable_clusters);
+    nv_put_be32(h + 60, s->nb_snapshots);
+    nv_put_be64(h + 64, s->snapshots_offset);
+    nv_put_be64(h + 72, s->incompatible);
+    nv_put_be64(h + 80, s->compatible);
+    nv_put_be64(h + 88, s->autoclear);
+    nv_put_be32(h + 96, s->refcount_order);
+    nv_put_be32(h + 100, s->header_length);
     size_t len = s->version == 2 ? QCOW2_V2_HEADER_LEN : QCOW2_V3_HEADER_LEN;
     s->need_sync = true;
     return bdrv_pwrite(s->file, 0, h, len, err);

@@ -9,28 +9,6 @@
 
 #define BLOB_VERSION 2u
 
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (24 - 8 * i));
-}
-
 int mig_blob_wrap(const uint8_t *state, size_t len, uint8_t **blob, size_t *blob_len,
                   struct nv_error *err)
 {
@@ -42,13 +20,13 @@ int mig_blob_wrap(const uint8_t *state, size_t len, uint8_t **blob, size_t *blob
         return nv_error_set(err, -ENOMEM, "out of memory");
     b[0] = BLOB_VERSION;
     b[1] = 1; /* readers of version 1 can read it */
-    put16(b + 2, MIG_HEADER_SIZE);
-    put16(b + 4, MIG_FLAG_MIGRATION_DATA);
-    put32(b + 6, (uint32_t)total);
-    put16(b + 10, MIG_TAG_MIGRATION_DATA);
-    put32(b + 12, (uint32_t)(6 + len));
-    put16(b + 16, MIG_TAG_DATA);
-    put32(b + 18, (uint32_t)len);
+    nv_put_be16(b + 2, MIG_HEADER_SIZE);
+    nv_put_be16(b + 4, MIG_FLAG_MIGRATION_DATA);
+    nv_put_be32(b + 6, (uint32_t)total);
+    nv_put_be16(b + 10, MIG_TAG_MIGRATION_DATA);
+    nv_put_be32(b + 12, (uint32_t)(6 + len));
+    nv_put_be16(b + 16, MIG_TAG_DATA);
+    nv_put_be32(b + 18, (uint32_t)len);
     if (len)
         memcpy(b + 22, state, len);
     *blob = b;
@@ -62,8 +40,8 @@ static int find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **
 {
     size_t off = 0;
     while (len - off >= 6) {
-        uint16_t t = get16(p + off);
-        uint32_t l = get32(p + off + 2);
+        uint16_t t = nv_be16(p + off);
+        uint32_t l = nv_be32(p + off + 2);
         if (l > len - off - 6)
             return nv_error_set(err, -EBADMSG,
                                 "state blob: TLV %u at offset %zu claims %u bytes, "
@@ -88,8 +66,8 @@ int mig_blob_unwrap(const uint8_t *blob, size_t len, uint8_t **state, size_t *st
         return 0;
     if (len < MIG_HEADER_SIZE)
         return nv_error_set(err, -EBADMSG, "state blob: %zu bytes is shorter than a header", len);
-    uint16_t hsize = get16(blob + 2), flags = get16(blob + 4);
-    uint32_t total = get32(blob + 6);
+    uint16_t hsize = nv_be16(blob + 2), flags = nv_be16(blob + 4);
+    uint32_t total = nv_be32(blob + 6);
     if (blob[1] > BLOB_VERSION || blob[0] < blob[1])
         return nv_error_set(err, -ENOTSUP, "state blob: version %u needs a reader of version %u",
                             blob[0], blob[1]);

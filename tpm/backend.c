@@ -148,23 +148,6 @@ uint32_t tpm_backend_buffer_size(void)
     return be.buffer_size;
 }
 
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (24 - 8 * i));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* Run a command with the lock held; notes TPM2_Shutdown for the auto-shutdown. */
 static uint32_t execute_locked(const uint8_t *cmd, uint32_t len, const uint8_t **resp,
                                uint32_t *resp_len)
@@ -174,7 +157,7 @@ static uint32_t execute_locked(const uint8_t *cmd, uint32_t len, const uint8_t *
     if (r != TPM_SUCCESS)
         return r;
     if (be.opts.tpm_version == 2 && len >= 10 && size >= 10) {
-        uint32_t cc = get32(cmd + 6), rc = get32(be.resp + 6);
+        uint32_t cc = nv_be32(cmd + 6), rc = nv_be32(be.resp + 6);
         if (rc == 0)
             be.guest_shut_down = cc == TPM2_CC_SHUTDOWN;
     }
@@ -193,24 +176,24 @@ static void send_startup(void)
     if (be.opts.startup == TPM_STARTUP_NONE)
         return;
     if (be.opts.tpm_version == 2) {
-        put16(cmd, TPM2_ST_NO_SESSIONS);
-        put32(cmd + 2, 12);
-        put32(cmd + 6, TPM2_CC_STARTUP);
+        nv_put_be16(cmd, TPM2_ST_NO_SESSIONS);
+        nv_put_be32(cmd + 2, 12);
+        nv_put_be32(cmd + 6, TPM2_CC_STARTUP);
         su = be.opts.startup == TPM_STARTUP_STATE ? 1 : 0;
     } else {
-        put16(cmd, 0x00c1);
-        put32(cmd + 2, 12);
-        put32(cmd + 6, TPM_ORD_STARTUP);
+        nv_put_be16(cmd, 0x00c1);
+        nv_put_be32(cmd + 2, 12);
+        nv_put_be32(cmd + 6, TPM_ORD_STARTUP);
         su = be.opts.startup == TPM_STARTUP_STATE         ? 2
              : be.opts.startup == TPM_STARTUP_DEACTIVATED ? 3
                                                           : 1;
     }
-    put16(cmd + 10, su);
+    nv_put_be16(cmd + 10, su);
     /* TPM_RC_INITIALIZE (0x100): the TPM resumed from its saved volatile
      * state and is started already, which is what that state says. */
     if (execute_locked(cmd, sizeof(cmd), &resp, &len) == TPM_SUCCESS && len >= 10 &&
-        get32(resp + 6) && get32(resp + 6) != 0x100)
-        fprintf(stderr, "nvtpm: the startup command failed: 0x%x\n", get32(resp + 6));
+        nv_be32(resp + 6) && nv_be32(resp + 6) != 0x100)
+        fprintf(stderr, "nvtpm: the startup command failed: 0x%x\n", nv_be32(resp + 6));
 }
 
 uint32_t tpm_backend_start(bool delete_volatile)
@@ -243,10 +226,10 @@ static void auto_shutdown(void)
     uint8_t cmd[12];
     const uint8_t *resp;
     uint32_t len;
-    put16(cmd, TPM2_ST_NO_SESSIONS);
-    put32(cmd + 2, 12);
-    put32(cmd + 6, TPM2_CC_SHUTDOWN);
-    put16(cmd + 10, 1); /* SU_STATE */
+    nv_put_be16(cmd, TPM2_ST_NO_SESSIONS);
+    nv_put_be32(cmd + 2, 12);
+    nv_put_be32(cmd + 6, TPM2_CC_SHUTDOWN);
+    nv_put_be16(cmd + 10, 1); /* SU_STATE */
     execute_locked(cmd, sizeof(cmd), &resp, &len);
 }
 

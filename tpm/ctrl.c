@@ -10,17 +10,6 @@
 
 #include "migration.h"
 
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (24 - 8 * i));
-}
-
 /* Fixed body sizes; HASH_DATA and SET_STATEBLOB add their data. */
 static long body_size(uint32_t cmd)
 {
@@ -45,15 +34,15 @@ static long body_size(uint32_t cmd)
 
 long ctrl_request_missing(const uint8_t *req, size_t have)
 {
-    uint32_t cmd = get32(req);
+    uint32_t cmd = nv_be32(req);
     size_t need = 4 + (size_t)body_size(cmd);
     if (have >= need && cmd == CTRL_HASH_DATA) {
-        uint32_t n = get32(req + 4);
+        uint32_t n = nv_be32(req + 4);
         if (n > CTRL_HASH_DATA_MAX)
             return -1;
         need += n;
     } else if (have >= need && cmd == CTRL_SET_STATEBLOB) {
-        uint32_t n = get32(req + 12);
+        uint32_t n = nv_be32(req + 12);
         if (n > MIG_BLOB_MAX)
             return -1;
         need += n;
@@ -72,7 +61,7 @@ uint32_t ctrl_capabilities(int tpm_version)
 
 static size_t result_only(uint8_t *resp, uint32_t result)
 {
-    put32(resp, result);
+    nv_put_be32(resp, result);
     return 4;
 }
 
@@ -80,7 +69,7 @@ static size_t get_established(uint8_t *resp)
 {
     bool est = false;
     uint32_t r = tpm_backend_get_established(&est);
-    put32(resp, r);
+    nv_put_be32(resp, r);
     memset(resp + 4, 0, 4);
     resp[4] = r == 0 && est;
     return r == 0 ? 8 : 4;
@@ -105,15 +94,15 @@ static size_t reset_established(uint8_t loc, uint8_t *resp)
 static size_t get_stateblob(const struct ctrl_env *env, const uint8_t *body, uint8_t *resp,
                             uint8_t **big)
 {
-    uint32_t type = get32(body + 4), offset = get32(body + 8);
+    uint32_t type = nv_be32(body + 4), offset = nv_be32(body + 8);
     uint8_t *state = NULL, *blob = NULL;
     uint32_t len = 0;
     size_t blob_len = 0;
     memset(resp, 0, 16);
     if (!tpm_backend_running()) /* swtpm answers a stopped TPM with the result alone */
-        return put32(resp, TPM_CTRL_BAD_ORDINAL), 4;
+        return nv_put_be32(resp, TPM_CTRL_BAD_ORDINAL), 4;
     if (type < 1 || type > 3) /* swtpm: an unknown type does not exist */
-        return put32(resp, TPM_CTRL_RETRY), 16;
+        return nv_put_be32(resp, TPM_CTRL_RETRY), 16;
     uint32_t r = tpm_backend_get_state((int)type, &state, &len);
     if (r == TPM_CTRL_SUCCESS && len == 0)
         r = TPM_CTRL_RETRY; /* an empty blob (no savestate) does not exist either */
@@ -122,7 +111,7 @@ static size_t get_stateblob(const struct ctrl_env *env, const uint8_t *body, uin
     free(state);
     if (r == TPM_CTRL_SUCCESS && offset > blob_len)
         r = TPM_CTRL_BAD_PARAMETER;
-    put32(resp, r);
+    nv_put_be32(resp, r);
     if (r != TPM_CTRL_SUCCESS) {
         free(blob);
         return 16;
@@ -131,13 +120,13 @@ static size_t get_stateblob(const struct ctrl_env *env, const uint8_t *body, uin
     *big = malloc(16 + n);
     if (!*big) {
         free(blob);
-        put32(resp, TPM_CTRL_FAIL);
+        nv_put_be32(resp, TPM_CTRL_FAIL);
         return 16;
     }
     memcpy(*big, resp, 4);
-    put32(*big + 4, 0); /* not encrypted */
-    put32(*big + 8, (uint32_t)n);
-    put32(*big + 12, (uint32_t)n);
+    nv_put_be32(*big + 4, 0); /* not encrypted */
+    nv_put_be32(*big + 8, (uint32_t)n);
+    nv_put_be32(*big + 12, (uint32_t)n);
     memcpy(*big + 16, blob + offset, n);
     free(blob);
     if (type == 3 && env->savestate_read)
@@ -147,7 +136,7 @@ static size_t get_stateblob(const struct ctrl_env *env, const uint8_t *body, uin
 
 static uint32_t set_stateblob(const uint8_t *body)
 {
-    uint32_t flags = get32(body), type = get32(body + 4), len = get32(body + 8);
+    uint32_t flags = nv_be32(body), type = nv_be32(body + 4), len = nv_be32(body + 8);
     uint8_t *state = NULL;
     size_t state_len = 0;
     (void)flags;
@@ -170,37 +159,37 @@ static size_t set_buffersize(uint32_t wanted, uint8_t *resp)
 {
     uint32_t size = 0, min = 0, max = 0;
     uint32_t r = tpm_backend_set_buffer_size(wanted, &size, &min, &max);
-    put32(resp, r);
+    nv_put_be32(resp, r);
     if (r)
         return 4; /* swtpm: the result alone */
-    put32(resp + 4, r ? 0 : size);
-    put32(resp + 8, r ? 0 : min);
-    put32(resp + 12, r ? 0 : max);
+    nv_put_be32(resp + 4, r ? 0 : size);
+    nv_put_be32(resp + 8, r ? 0 : min);
+    nv_put_be32(resp + 12, r ? 0 : max);
     return 16;
 }
 
 static size_t get_info(const uint8_t *body, uint8_t *resp, uint8_t **big)
 {
-    uint64_t flags = (uint64_t)get32(body) << 32 | get32(body + 4);
-    uint32_t offset = get32(body + 8);
+    uint64_t flags = (uint64_t)nv_be32(body) << 32 | nv_be32(body + 4);
+    uint32_t offset = nv_be32(body + 8);
     memset(resp, 0, 12);
     char *info = tpm_backend_info(flags);
     size_t len = info ? strlen(info) + 1 : 0; /* swtpm counts (and sends) the NUL */
     if (!info || offset > len) {
         free(info);
-        put32(resp, TPM_CTRL_BAD_PARAMETER);
+        nv_put_be32(resp, TPM_CTRL_BAD_PARAMETER);
         return 12;
     }
     size_t n = len - offset;
     *big = malloc(12 + n);
     if (!*big) {
         free(info);
-        put32(resp, TPM_CTRL_FAIL);
+        nv_put_be32(resp, TPM_CTRL_FAIL);
         return 12;
     }
-    put32(*big, TPM_CTRL_SUCCESS);
-    put32(*big + 4, (uint32_t)n);
-    put32(*big + 8, (uint32_t)n);
+    nv_put_be32(*big, TPM_CTRL_SUCCESS);
+    nv_put_be32(*big + 4, (uint32_t)n);
+    nv_put_be32(*big + 8, (uint32_t)n);
     memcpy(*big + 12, info + offset, n);
     free(info);
     return 12 + n;
@@ -217,7 +206,7 @@ static bool needs_running(uint32_t cmd)
 enum ctrl_action ctrl_handle(const struct ctrl_env *env, const uint8_t *req, size_t len, int fd,
                              uint8_t *resp, size_t *resp_len, uint8_t **big)
 {
-    uint32_t cmd = get32(req);
+    uint32_t cmd = nv_be32(req);
     const uint8_t *body = req + 4;
     (void)len;
     *big = NULL;
@@ -231,12 +220,12 @@ enum ctrl_action ctrl_handle(const struct ctrl_env *env, const uint8_t *req, siz
     }
     switch (cmd) {
     case CTRL_GET_CAPABILITY:
-        put32(resp, 0);
-        put32(resp + 4, ctrl_capabilities(tpm_backend_version()));
+        nv_put_be32(resp, 0);
+        nv_put_be32(resp + 4, ctrl_capabilities(tpm_backend_version()));
         *resp_len = 8;
         break;
     case CTRL_INIT:
-        *resp_len = result_only(resp, tpm_backend_start(get32(body) & 1));
+        *resp_len = result_only(resp, tpm_backend_start(nv_be32(body) & 1));
         break;
     case CTRL_SHUTDOWN:
         *resp_len = result_only(resp, tpm_backend_stop(true));
@@ -251,7 +240,7 @@ enum ctrl_action ctrl_handle(const struct ctrl_env *env, const uint8_t *req, siz
         *resp_len = result_only(resp, tpm_backend_hash_start());
         break;
     case CTRL_HASH_DATA:
-        *resp_len = result_only(resp, tpm_backend_hash_data(body + 4, get32(body)));
+        *resp_len = result_only(resp, tpm_backend_hash_data(body + 4, nv_be32(body)));
         break;
     case CTRL_HASH_END:
         *resp_len = result_only(resp, tpm_backend_hash_end());
@@ -276,22 +265,22 @@ enum ctrl_action ctrl_handle(const struct ctrl_env *env, const uint8_t *req, siz
         *resp_len = result_only(resp, tpm_backend_stop(false));
         break;
     case CTRL_GET_CONFIG:
-        put32(resp, 0);
-        put32(resp + 4, (env->file_key ? 1u : 0u) | (env->migration_key ? 2u : 0u));
+        nv_put_be32(resp, 0);
+        nv_put_be32(resp + 4, (env->file_key ? 1u : 0u) | (env->migration_key ? 2u : 0u));
         *resp_len = 8;
         break;
     case CTRL_SET_DATAFD:
         *resp_len = result_only(resp, fd < 0 ? TPM_CTRL_FAIL : env->set_datafd(env->opaque, fd));
         break;
     case CTRL_SET_BUFFERSIZE:
-        *resp_len = set_buffersize(get32(body), resp);
+        *resp_len = set_buffersize(nv_be32(body), resp);
         break;
     case CTRL_GET_INFO:
         *resp_len = get_info(body, resp, big);
         break;
     case CTRL_LOCK_STORAGE:
         *resp_len =
-            result_only(resp, env->lock_storage ? env->lock_storage(env->opaque, get32(body))
+            result_only(resp, env->lock_storage ? env->lock_storage(env->opaque, nv_be32(body))
                                                 : TPM_CTRL_SUCCESS);
         break;
     default:

@@ -69,17 +69,6 @@ int server_write_full(int fd, const void *buf, size_t len)
     return 0;
 }
 
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (24 - 8 * i));
-}
-
 static void log_bytes(const struct server *s, const char *what, const uint8_t *p, uint32_t len)
 {
     if (s->cfg->log_level < 5 || s->cfg->log_fd < 0)
@@ -98,8 +87,8 @@ static void error_response(uint8_t *r, uint32_t code)
     bool tpm2 = tpm_backend_version() == 2;
     r[0] = tpm2 ? 0x80 : 0x00;
     r[1] = tpm2 ? 0x01 : 0xc4;
-    put32(r + 2, 10);
-    put32(r + 6, code);
+    nv_put_be32(r + 2, 10);
+    nv_put_be32(r + 6, code);
 }
 
 static uint32_t command_size_error(void)
@@ -149,7 +138,7 @@ static int reader_get(struct reader *r, void *dst, size_t len)
 static int send_response(int fd, const uint8_t *resp, uint32_t len, bool prefixed)
 {
     uint8_t len_word[4], ack[4] = {0};
-    put32(len_word, len);
+    nv_put_be32(len_word, len);
     struct iovec iov[3] = {{len_word, 4}, {(void *)resp, len}, {ack, 4}};
     struct msghdr msg = {.msg_iov = prefixed ? iov : iov + 1, .msg_iovlen = prefixed ? 3 : 1};
     size_t total = len + (prefixed ? 8 : 0);
@@ -182,7 +171,7 @@ static bool serve_command(struct server *s, struct reader *rd, uint8_t *buf, uin
     bool prefixed = false;
     if (reader_get(rd, head, 4) < 0)
         return false;
-    uint32_t first = get32(head);
+    uint32_t first = nv_be32(head);
     if (first == MS_SESSION_END)
         return false;
     if (first == MS_SEND_COMMAND) {
@@ -194,7 +183,7 @@ static bool serve_command(struct server *s, struct reader *rd, uint8_t *buf, uin
     }
     if (reader_get(rd, head + 4, 2) < 0)
         return false;
-    uint32_t size = get32(head + 2);
+    uint32_t size = nv_be32(head + 2);
     const uint8_t *resp = err_resp;
     uint32_t resp_len = 10;
     bool keep = true;
@@ -383,7 +372,7 @@ static bool serve_ctrl(struct server *s, int fd, uint8_t *req, bool *exit_now)
     uint8_t resp[CTRL_MAX_RESPONSE], *big = NULL;
     if (read_request(fd, req, &len, &passed) < 0) {
         if (len >= 4 && ctrl_request_missing(req, len) < 0) {
-            put32(resp, TPM_CTRL_BAD_PARAMETER);
+            nv_put_be32(resp, TPM_CTRL_BAD_PARAMETER);
             server_write_full(fd, resp, 4);
         }
         return false;
@@ -410,7 +399,7 @@ static bool serve_platform(int fd)
     uint8_t cmd[4], zero[4] = {0};
     if (server_read_full(fd, cmd, 4) < 0)
         return false;
-    switch (get32(cmd)) {
+    switch (nv_be32(cmd)) {
     case 1: /* power on */
         if (!tpm_backend_running())
             tpm_backend_start(false);

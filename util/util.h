@@ -49,4 +49,39 @@ static inline bool nv_mul_overflow_u64(uint64_t a, uint64_t b, uint64_t *out)
     return __builtin_mul_overflow(a, b, out);
 }
 
+/* Big-endian fields, as qcow2 headers, TPM commands and swtpm's protocol
+ * carry them; byte by byte so that p needs no alignment. */
+static inline uint16_t nv_be16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static inline uint32_t nv_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline uint64_t nv_be64(const uint8_t *p)
+{
+    return (uint64_t)nv_be32(p) << 32 | nv_be32(p + 4);
+}
+
+static inline void nv_put_be16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void nv_put_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+static inline void nv_put_be64(uint8_t *p, uint64_t v)
+{
+    nv_put_be32(p, (uint32_t)(v >> 32));
+    nv_put_be32(p + 4, (uint32_t)v);
+}
+
 #endif

@@ -24,6 +24,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define NV_INDEX 0x01500100u
 
 static double now(void)
@@ -33,28 +35,11 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (24 - 8 * i));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* An empty password session (TPM_RS_PW), 9 bytes, after its 4-byte size. */
 static size_t pw_session(uint8_t *p)
 {
-    put32(p, 9);
-    put32(p + 4, 0x40000009);
+    nv_put_be32(p, 9);
+    nv_put_be32(p + 4, 0x40000009);
     memset(p + 8, 0, 5); /* nonce size, attributes, hmac size */
     return 13;
 }
@@ -63,47 +48,47 @@ static size_t build(const char *cmd, uint8_t *c)
 {
     size_t n;
     if (strcmp(cmd, "getrandom") == 0) {
-        put16(c, 0x8001);
-        put32(c + 6, 0x17b);
-        put16(c + 10, 8);
+        nv_put_be16(c, 0x8001);
+        nv_put_be32(c + 6, 0x17b);
+        nv_put_be16(c + 10, 8);
         n = 12;
     } else if (strcmp(cmd, "pcrextend") == 0) {
-        put16(c, 0x8002);
-        put32(c + 6, 0x182);
-        put32(c + 10, 16); /* PCR 16, the debug PCR */
+        nv_put_be16(c, 0x8002);
+        nv_put_be32(c + 6, 0x182);
+        nv_put_be32(c + 10, 16); /* PCR 16, the debug PCR */
         n = 14 + pw_session(c + 14);
-        put32(c + n, 1);
-        put16(c + n + 4, 0x000b);
+        nv_put_be32(c + n, 1);
+        nv_put_be16(c + n + 4, 0x000b);
         memset(c + n + 6, 0x42, 32);
         n += 38;
     } else if (strcmp(cmd, "nvdefine") == 0) {
-        put16(c, 0x8002);
-        put32(c + 6, 0x12a);
-        put32(c + 10, 0x40000001); /* owner */
+        nv_put_be16(c, 0x8002);
+        nv_put_be32(c + 6, 0x12a);
+        nv_put_be32(c + 10, 0x40000001); /* owner */
         n = 14 + pw_session(c + 14);
-        put16(c + n, 0); /* auth */
-        put16(c + n + 2, 14);
-        put32(c + n + 4, NV_INDEX);
-        put16(c + n + 8, 0x000b);
-        put32(c + n + 10, 0x00020002); /* ownerread | ownerwrite */
-        put16(c + n + 14, 0);
-        put16(c + n + 16, 64);
+        nv_put_be16(c + n, 0); /* auth */
+        nv_put_be16(c + n + 2, 14);
+        nv_put_be32(c + n + 4, NV_INDEX);
+        nv_put_be16(c + n + 8, 0x000b);
+        nv_put_be32(c + n + 10, 0x00020002); /* ownerread | ownerwrite */
+        nv_put_be16(c + n + 14, 0);
+        nv_put_be16(c + n + 16, 64);
         n += 18;
     } else if (strcmp(cmd, "nvwrite") == 0) {
-        put16(c, 0x8002);
-        put32(c + 6, 0x137);
-        put32(c + 10, 0x40000001);
-        put32(c + 14, NV_INDEX);
+        nv_put_be16(c, 0x8002);
+        nv_put_be32(c + 6, 0x137);
+        nv_put_be32(c + 10, 0x40000001);
+        nv_put_be32(c + 14, NV_INDEX);
         n = 18 + pw_session(c + 18);
-        put16(c + n, 32);
+        nv_put_be16(c + n, 32);
         memset(c + n + 2, 0x5a, 32);
-        put16(c + n + 34, 0);
+        nv_put_be16(c + n + 34, 0);
         n += 36;
     } else {
         fprintf(stderr, "bench-tpm: unknown command %s\n", cmd);
         exit(2);
     }
-    put32(c + 2, (uint32_t)n);
+    nv_put_be32(c + 2, (uint32_t)n);
     return n;
 }
 
@@ -154,17 +139,17 @@ static long transact(int fd, const uint8_t *cmd, size_t len)
     uint8_t resp[4096];
     if (full(fd, (void *)cmd, len, true) < 0 || full(fd, resp, 10, false) < 0)
         return -1;
-    uint32_t size = get32(resp + 2);
+    uint32_t size = nv_be32(resp + 2);
     if (size < 10 || size > sizeof(resp) || full(fd, resp + 10, size - 10, false) < 0)
         return -1;
-    return get32(resp + 6);
+    return nv_be32(resp + 6);
 }
 
 /* NV_Write's data ends 2 bytes before the command (the offset follows it). */
 static void vary(const char *name, uint8_t *cmd, size_t len, long i)
 {
     if (strcmp(name, "nvwrite") == 0)
-        put32(cmd + len - 2 - 32, (uint32_t)i);
+        nv_put_be32(cmd + len - 2 - 32, (uint32_t)i);
 }
 
 static int client(const char *addr, const char *name, long n)
@@ -261,7 +246,7 @@ static long process(unsigned char **resp, uint32_t *cap, const uint8_t *cmd, siz
     uint32_t size = 0;
     if (TPMLIB_Process(resp, &size, cap, (unsigned char *)cmd, (uint32_t)len) != TPM_SUCCESS)
         return -1;
-    return get32(*resp + 6);
+    return nv_be32(*resp + 6);
 }
 
 static int inproc(const char *name, long n)
@@ -323,7 +308,7 @@ static int echo_server(const char *addr)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         uint8_t buf[4096];
         while (full(fd, buf, 6, false) == 0) {
-            uint32_t size = get32(buf + 2);
+            uint32_t size = nv_be32(buf + 2);
             if (size < 10 || size > sizeof(buf) || full(fd, buf + 6, size - 6, false) < 0 ||
                 full(fd, (void *)ok, sizeof(ok), true) < 0)
                 break;
