@@ -2,7 +2,15 @@
 #include "fdleak.h"
 
 #include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
+
+#include <cmocka.h>
+
+static struct fdleak_snapshot suite_start;
 
 bool fd_is_open(int fd)
 {
@@ -25,4 +33,17 @@ int fdleak_count_new(const struct fdleak_snapshot *snap)
         }
     }
     return leaked;
+}
+
+int fdleak_suite_setup(void **state)
+{
+    (void)state;
+    fdleak_take(&suite_start);
+    return 0;
+}
+
+void fdleak_suite_check(void **state)
+{
+    (void)state;
+    assert_int_equal(fdleak_count_new(&suite_start), 0);
 }

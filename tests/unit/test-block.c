@@ -22,8 +22,6 @@
 #define RW_OWNER (BDRV_O_RDWR | BDRV_O_OWNER)
 #define ACCESS   BDRV_ACCESS_LOCK_BYTE
 
-static struct fdleak_snapshot suite_start;
-
 static struct bdrv_node *open_ok(const char *path, unsigned flags)
 {
     struct nv_error err = {0};
@@ -509,26 +507,6 @@ static void second_owner_refused(void **state)
     bdrv_close(ro);
 }
 
-static void no_descriptor_leaked(void **state)
-{
-    (void)state;
-    assert_int_equal(fdleak_count_new(&suite_start), 0);
-}
-
-static int suite_setup(void **state)
-{
-    (void)state;
-    fdleak_take(&suite_start);
-    return 0;
-}
-
-static int suite_teardown(void **state)
-{
-    (void)state;
-    test_dir_remove();
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -546,7 +524,7 @@ int main(void)
         cmocka_unit_test(wait_ends_when_holder_leaves_despite_signals),
         cmocka_unit_test(owner_holds_qemu_bytes),
         cmocka_unit_test(second_owner_refused),
-        cmocka_unit_test(no_descriptor_leaked),
+        cmocka_unit_test(fdleak_suite_check),
     };
-    return cmocka_run_group_tests_name("block", tests, suite_setup, suite_teardown);
+    return cmocka_run_group_tests_name("block", tests, fdleak_suite_setup, test_dir_teardown);
 }

@@ -18,8 +18,6 @@
 
 #define RW_OWNER (BDRV_O_RDWR | BDRV_O_OWNER)
 
-static struct fdleak_snapshot suite_start;
-
 static struct bdrv_node *open_faults(const char *rules, const char *path)
 {
     char spec[1400];
@@ -193,26 +191,6 @@ static void write_log_records_and_replays(void **state)
     assert_non_null(strstr(err.msg, "not a write log"));
 }
 
-static void no_descriptor_leaked(void **state)
-{
-    (void)state;
-    assert_int_equal(fdleak_count_new(&suite_start), 0);
-}
-
-static int suite_setup(void **state)
-{
-    (void)state;
-    fdleak_take(&suite_start);
-    return 0;
-}
-
-static int suite_teardown(void **state)
-{
-    (void)state;
-    test_dir_remove();
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -221,7 +199,7 @@ int main(void)
         cmocka_unit_test(nth_flush_and_read_fail),
         cmocka_unit_test(eintr_and_short_transfers_complete),
         cmocka_unit_test(write_log_records_and_replays),
-        cmocka_unit_test(no_descriptor_leaked),
+        cmocka_unit_test(fdleak_suite_check),
     };
-    return cmocka_run_group_tests_name("faults", tests, suite_setup, suite_teardown);
+    return cmocka_run_group_tests_name("faults", tests, fdleak_suite_setup, test_dir_teardown);
 }

@@ -206,18 +206,11 @@ static void reopen_storm_keeps_lock(void **state)
     bdrv_close(poller);
 }
 
-static int suite_teardown(void **state)
-{
-    (void)state;
-    test_dir_remove();
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(conflicting_locks_refused_across_processes),
         cmocka_unit_test(reopen_storm_keeps_lock),
     };
-    return cmocka_run_group_tests_name("multiproc", tests, NULL, suite_teardown);
+    return cmocka_run_group_tests_name("multiproc", tests, NULL, test_dir_teardown);
 }

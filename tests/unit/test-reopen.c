@@ -22,8 +22,6 @@
 #define RW_OWNER (BDRV_O_RDWR | BDRV_O_OWNER)
 #define ACCESS   BDRV_ACCESS_LOCK_BYTE
 
-static struct fdleak_snapshot suite_start;
-
 static struct bdrv_node *open_ok(const char *spec, unsigned flags, struct fdstash *stash)
 {
     struct nv_error err = {0};
@@ -313,26 +311,6 @@ static void readonly_to_owner_after_chmod_falls_back(void **state)
     assert_int_equal(test_run_child(readonly_sabotaged_child, NULL), 0);
 }
 
-static void no_descriptor_leaked(void **state)
-{
-    (void)state;
-    assert_int_equal(fdleak_count_new(&suite_start), 0);
-}
-
-static int suite_setup(void **state)
-{
-    (void)state;
-    fdleak_take(&suite_start);
-    return 0;
-}
-
-static int suite_teardown(void **state)
-{
-    (void)state;
-    test_dir_remove();
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -346,7 +324,7 @@ int main(void)
         cmocka_unit_test(reopen_after_chmod_falls_back),
         cmocka_unit_test(reopen_after_closing_directory_falls_back),
         cmocka_unit_test(readonly_to_owner_after_chmod_falls_back),
-        cmocka_unit_test(no_descriptor_leaked),
+        cmocka_unit_test(fdleak_suite_check),
     };
-    return cmocka_run_group_tests_name("reopen", tests, suite_setup, suite_teardown);
+    return cmocka_run_group_tests_name("reopen", tests, fdleak_suite_setup, test_dir_teardown);
 }

@@ -58,6 +58,13 @@ void test_dir_remove(void)
     dir[0] = '\0';
 }
 
+int test_dir_teardown(void **state)
+{
+    (void)state;
+    test_dir_remove();
+    return 0;
+}
+
 int64_t test_now_ms(void)
 {
     struct timespec ts;

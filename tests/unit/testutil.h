@@ -19,6 +19,9 @@ const char *test_file(int slot, uint64_t size, int byte);
 /* Remove test_dir() and everything in it. */
 void test_dir_remove(void);
 
+/* The same as a cmocka group teardown. */
+int test_dir_teardown(void **state);
+
 int64_t test_now_ms(void);
 
 /* CPU time (user + system) this process has used, in ms. */
