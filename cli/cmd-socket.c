@@ -589,6 +589,8 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
     if (r == 0 && !o->print_caps && !o->print_states && o->server.ctrl.type == TPM_CHANNEL_NONE &&
         o->server.data.type == TPM_CHANNEL_NONE)
         r = cli_fail(CLI_EXIT_USAGE, "socket: give --server, --ctrl or both");
+    if (r == 0 && o->runas && !getpwnam(o->runas)) /* before anything is created */
+        r = cli_fail(CLI_EXIT_USAGE, "socket: --runas %s: no such user", o->runas);
     return r;
 }
 

@@ -73,10 +73,12 @@ static void log_bytes(const struct server *s, const char *what, const uint8_t *p
 {
     if (s->cfg->log_level < 5 || s->cfg->log_fd < 0)
         return;
-    dprintf(s->cfg->log_fd, "nvtpm: %s (%u bytes):", what, len);
+    char line[64 + 64 * 3 + 8]; /* one write per line: lines of two threads do not mix */
+    int n = snprintf(line, sizeof(line), "nvtpm: %s (%u bytes):", what, len);
     for (uint32_t i = 0; i < len && i < 64; i++)
-        dprintf(s->cfg->log_fd, " %02x", p[i]);
-    dprintf(s->cfg->log_fd, "%s\n", len > 64 ? " ..." : "");
+        n += snprintf(line + n, sizeof(line) - (size_t)n, " %02x", p[i]);
+    snprintf(line + n, sizeof(line) - (size_t)n, "%s\n", len > 64 ? " ..." : "");
+    dprintf(s->cfg->log_fd, "%s", line);
 }
 
 /* ---- the data channel, on the TPM thread ------------------------------------------ */

@@ -4,21 +4,8 @@
 
 # free_ports N: the first of N consecutive free TCP ports on 127.0.0.1
 free_ports() {
-    python3 - "$1" <<'PY'
-import random, socket, sys
-n = int(sys.argv[1])
-for _ in range(200):
-    base = random.randrange(20000, 60000 - n)
-    socks = []
-    try:
-        for p in range(base, base + n):
-            s = socket.socket(); s.bind(('127.0.0.1', p)); socks.append(s)
-        print(base); break
-    except OSError:
-        pass
-    finally:
-        for s in socks: s.close()
-PY
+    PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(dirname "${BASH_SOURCE[0]}")/.." \
+        python3 -c 'import sys; from tap import free_ports; print(free_ports(int(sys.argv[1])))' "$1"
 }
 
 # wait_port PORT: until something listens (5 s at most)
