@@ -303,6 +303,9 @@ static const char socket_usage[] =
     "  --platform   the MS simulator's platform port, for tpm2-tss's mssim TCTI\n"
     "  --no-sync    commits skip fdatasync (faster; an acknowledged write can be lost)\n"
     "  --log        level>=5 logs every command and response; >=20 libtpms' debug output\n"
+    "  --migration  incoming: start without owning an existing image (the source may own\n"
+    "               it); SET_STATEBLOB or INIT takes it. release-lock-outgoing: give it up\n"
+    "               once the savestate blob is read; LOCK_STORAGE takes it back\n"
     "  -t           exit when the data connection closes\n"
     "\n"
     "Exit codes: 0 clean exit, 1 usage, 2 not an nvtpm image or damaged, 4 key missing,\n"
@@ -391,6 +394,7 @@ static struct bdrv_node *open_state(struct socket_opts *o, struct fdstash *stash
 {
     struct nv_error err = {0};
     const char *spec = o->state_path;
+    bool created = false;
     if (o->state_fd >= 0) {
         if (fdstash_check_fd(o->state_fd, FDSTASH_FILE, &err) < 0 ||
             fdstash_give(stash, "tpmstate", o->state_fd, &err) < 0) {
@@ -399,6 +403,7 @@ static struct bdrv_node *open_state(struct socket_opts *o, struct fdstash *stash
         }
         spec = "fd:tpmstate";
     } else if (access(spec, F_OK) != 0) {
+        created = true;
         struct bdrv_create_opts co = {.size = DEFAULT_IMAGE_SIZE,
                                       .mode = o->state_mode ? o->state_mode : 0640};
         if (bdrv_create("qcow2", spec, &co, &err) < 0) {
@@ -406,7 +411,10 @@ static struct bdrv_node *open_state(struct socket_opts *o, struct fdstash *stash
             return NULL;
         }
     }
-    struct bdrv_node *bs = bdrv_open(spec, BDRV_O_RDWR | BDRV_O_OWNER, stash, &err);
+    /* --migration incoming: the source may still own an image on shared storage;
+     * INIT or SET_STATEBLOB takes the ownership (docs/nvtpm-socket.md). */
+    unsigned owner = o->incoming && !created ? 0 : BDRV_O_OWNER;
+    struct bdrv_node *bs = bdrv_open(spec, BDRV_O_RDWR | owner, stash, &err);
     if (!bs)
         *code = err.code == -EBUSY ? busy_message(spec, &err)
                                    : cli_fail(cli_exit_code(err.code), "%s", err.msg);
@@ -613,7 +621,7 @@ static int serve(struct socket_opts *o)
     fdstash_init(&stash);
     struct bdrv_node *bs = open_state(o, &stash, &code);
     struct nvram_options no = {.tpm_version = o->tpm_version,
-                               .format_blank = true,
+                               .format_blank = bs && bdrv_is_owner(bs),
                                .key = o->have_key ? &o->key : NULL,
                                .no_sync = o->no_sync};
     struct nvram *nv = bs ? nvram_open(bs, &no, &err) : NULL;

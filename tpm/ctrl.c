@@ -104,6 +104,10 @@ static size_t get_stateblob(const struct ctrl_env *env, const uint8_t *body, uin
     if (type < 1 || type > 3) /* swtpm: an unknown type does not exist */
         return nv_put_be32(resp, TPM_CTRL_RETRY), 16;
     uint32_t r = tpm_backend_get_state((int)type, &state, &len);
+    /* A migration reads the savestate blob last, empty or not (a TPM 2 rarely
+     * has one): once read, the source may let the destination take the image. */
+    if (type == 3 && r == TPM_CTRL_SUCCESS && env->savestate_read)
+        env->savestate_read(env->opaque);
     if (r == TPM_CTRL_SUCCESS && len == 0)
         r = TPM_CTRL_RETRY; /* an empty blob (no savestate) does not exist either */
     if (r == TPM_CTRL_SUCCESS && mig_blob_wrap(state, len, &blob, &blob_len, NULL) < 0)
@@ -129,12 +133,24 @@ static size_t get_stateblob(const struct ctrl_env *env, const uint8_t *body, uin
     nv_put_be32(*big + 12, (uint32_t)n);
     memcpy(*big + 16, blob + offset, n);
     free(blob);
-    if (type == 3 && env->savestate_read)
-        env->savestate_read(env->opaque); /* the last blob of a migration is out */
     return 16 + n;
 }
 
-static uint32_t set_stateblob(const uint8_t *body)
+/* A state change needs the image: take its ownership if this process does not
+ * hold it (started with --migration incoming, or released it after a
+ * migration's last blob). Fails at once when another process holds it. */
+static uint32_t claim_storage(const struct ctrl_env *env)
+{
+    return env->lock_storage ? env->lock_storage(env->opaque, 0) : TPM_CTRL_SUCCESS;
+}
+
+static uint32_t init(const struct ctrl_env *env, const uint8_t *body)
+{
+    uint32_t claimed = claim_storage(env);
+    return claimed != TPM_CTRL_SUCCESS ? claimed : tpm_backend_start(nv_be32(body) & 1);
+}
+
+static uint32_t set_stateblob(const struct ctrl_env *env, const uint8_t *body)
 {
     uint32_t flags = nv_be32(body), type = nv_be32(body + 4), len = nv_be32(body + 8);
     uint8_t *state = NULL;
@@ -144,6 +160,9 @@ static uint32_t set_stateblob(const uint8_t *body)
         return TPM_CTRL_BAD_ORDINAL;
     if (type < 1 || type > 3)
         return TPM_CTRL_BAD_PARAMETER;
+    uint32_t claimed = claim_storage(env);
+    if (claimed != TPM_CTRL_SUCCESS)
+        return claimed;
     struct nv_error err = {0};
     int e = mig_blob_unwrap(body + 12, len, &state, &state_len, &err);
     if (e == -ENOKEY)
@@ -225,10 +244,11 @@ enum ctrl_action ctrl_handle(const struct ctrl_env *env, const uint8_t *req, siz
         *resp_len = 8;
         break;
     case CTRL_INIT:
-        *resp_len = result_only(resp, tpm_backend_start(nv_be32(body) & 1));
+        *resp_len = result_only(resp, init(env, body));
         break;
     case CTRL_SHUTDOWN:
-        *resp_len = result_only(resp, tpm_backend_stop(true));
+        *resp_len = result_only(
+            resp, tpm_backend_stop(!env->store_at_stop || env->store_at_stop(env->opaque)));
         return CTRL_EXIT;
     case CTRL_GET_TPMESTABLISHED:
         *resp_len = get_established(resp);
@@ -259,7 +279,7 @@ enum ctrl_action ctrl_handle(const struct ctrl_env *env, const uint8_t *req, siz
         *resp_len = get_stateblob(env, body, resp, big);
         break;
     case CTRL_SET_STATEBLOB:
-        *resp_len = result_only(resp, set_stateblob(body));
+        *resp_len = result_only(resp, set_stateblob(env, body));
         break;
     case CTRL_STOP:
         *resp_len = result_only(resp, tpm_backend_stop(false));

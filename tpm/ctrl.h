@@ -40,9 +40,12 @@ struct ctrl_env {
     bool file_key, migration_key; /* for GET_CONFIG */
     /* SET_DATAFD: take fd as the data channel; returns a result code. */
     uint32_t (*set_datafd)(void *opaque, int fd);
-    /* LOCK_STORAGE (retries of 10 ms) and the hand-off after a savestate is read. */
+    /* LOCK_STORAGE (retries of 10 ms; also called with 0 before INIT and
+     * SET_STATEBLOB) and the hand-off after a savestate is read. */
     uint32_t (*lock_storage)(void *opaque, uint32_t retries);
     void (*savestate_read)(void *opaque);
+    /* SHUTDOWN: whether the TPM may store its state as it stops (NULL: yes). */
+    bool (*store_at_stop)(void *opaque);
 };
 
 enum ctrl_action {

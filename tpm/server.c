@@ -304,7 +304,7 @@ static uint32_t cb_set_datafd(void *opaque, int fd)
 static uint32_t cb_lock_storage(void *opaque, uint32_t retries)
 {
     struct server *s = opaque;
-    if (!s->cfg->image)
+    if (!s->cfg->image || bdrv_is_owner(s->cfg->image))
         return TPM_CTRL_SUCCESS;
     for (uint32_t i = 0;; i++) {
         if (bdrv_set_ownership(s->cfg->image, true, NULL) == 0)
@@ -314,6 +314,26 @@ static uint32_t cb_lock_storage(void *opaque, uint32_t retries)
         struct timespec ten_ms = {0, 10 * 1000000};
         nanosleep(&ten_ms, NULL);
     }
+}
+
+/* Whether stopping may store the state: not once the image was handed to a
+ * migration's destination (release-lock-outgoing; LOCK_STORAGE takes it back),
+ * whose newer state an old copy must not overwrite. */
+static bool stores_at_stop(const struct tpm_server_config *cfg)
+{
+    if (!cfg->image || bdrv_is_owner(cfg->image) || !tpm_backend_running())
+        return true;
+    fprintf(stderr,
+            "nvtpm: %s was handed over to a migration's destination; the TPM stops "
+            "without storing its state\n",
+            bdrv_filename(cfg->image));
+    return false;
+}
+
+static bool cb_store_at_stop(void *opaque)
+{
+    struct server *s = opaque;
+    return stores_at_stop(s->cfg);
 }
 
 static void cb_savestate_read(void *opaque)
@@ -383,6 +403,7 @@ static bool serve_ctrl(struct server *s, int fd, uint8_t *req, bool *exit_now)
                            .locality = &s->locality,
                            .reject_locality_4 = s->cfg->reject_locality_4,
                            .file_key = s->cfg->file_key,
+                           .store_at_stop = cb_store_at_stop,
                            .migration_key = s->cfg->migration_key,
                            .set_datafd = cb_set_datafd,
                            .lock_storage = cb_lock_storage,
@@ -580,7 +601,7 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
         pthread_mutex_unlock(&s.lock);
         pthread_join(thread, NULL);
     }
-    tpm_backend_stop(true); /* orderly: auto-shutdown and the volatile state */
+    tpm_backend_stop(stores_at_stop(cfg)); /* orderly: auto-shutdown and the volatile state */
     close_sockets(&l, cfg);
     if (l.p[P_SIGNAL].fd >= 0)
         close(l.p[P_SIGNAL].fd);
