@@ -6,7 +6,8 @@
 # up the image), loaded into the destination (which takes the image) and
 # INIT resumes there: an NV index written on the source reads back. The source
 # then stops without storing over the destination's state, and a destination
-# cannot take an image its source still owns.
+# cannot take an image its source still owns. Last, a failed migration: the
+# source takes its image back with LOCK_STORAGE and stores its state again.
 # Usage: test-migration.sh NVTPM
 set -u
 . "$(dirname "$0")/../lib.sh"
@@ -77,4 +78,24 @@ export TPM2TOOLS_TCTI="swtpm:port=$P"
     || fail "after both stopped, the index is on the image" "$(cat "$T/err") $(cat "$T/again.log")"
 swtpm_ioctl --tcp "$SRC_CTRL" -s >/dev/null
 wait "$again"
+
+# A failed migration: the source read its blobs and gave the image up, then
+# resumes. LOCK_STORAGE (swtpm_ioctl 0.7 has no --lock-storage: a raw
+# request, 0x13 with 0 retries) takes the image back, and the source stores
+# its state again when it stops.
+"$NVTPM" socket --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$P" --ctrl "type=tcp,port=$((P + 1))" \
+    --migration release-lock-outgoing --flags not-need-init,startup-clear >"$T/failed.log" 2>&1 &
+src=$!
+wait_port "$((P + 1))"
+swtpm_ioctl --tcp "$SRC_CTRL" --save savestate "$T/savestate.blob" >/dev/null
+[ -z "$(owner)" ] && pass "a failed migration: the source gave the image up" \
+    || fail "a failed migration: the source gave the image up" "owner: $(owner)"
+resp=$(python3 "$(dirname "$0")/ctrl.py" "tcp:$((P + 1))" 0000001300000000)
+[ "$resp" = "00000000" ] && pass "LOCK_STORAGE succeeds" || fail "LOCK_STORAGE succeeds" "$resp"
+[ "$(owner)" = "$src" ] && pass "the source owns the image again" || fail "the source owns the image again" "owner: $(owner)"
+expect_exit 0 "the source's SHUTDOWN" -- swtpm_ioctl --tcp "$SRC_CTRL" -s
+wait "$src"
+! grep -q "handed over" "$T/failed.log" && "$NVTPM" info "$IMG" | grep -Eq "^blob volatilestate +[0-9]+ bytes" \
+    && pass "the source stored its state as it stopped" \
+    || fail "the source stored its state as it stopped" "$(cat "$T/failed.log"; "$NVTPM" info "$IMG")"
 finish
