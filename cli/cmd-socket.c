@@ -394,7 +394,6 @@ static struct bdrv_node *open_state(struct socket_opts *o, struct fdstash *stash
 {
     struct nv_error err = {0};
     const char *spec = o->state_path;
-    bool created = false;
     if (o->state_fd >= 0) {
         if (fdstash_check_fd(o->state_fd, FDSTASH_FILE, &err) < 0 ||
             fdstash_give(stash, "tpmstate", o->state_fd, &err) < 0) {
@@ -403,7 +402,6 @@ static struct bdrv_node *open_state(struct socket_opts *o, struct fdstash *stash
         }
         spec = "fd:tpmstate";
     } else if (access(spec, F_OK) != 0) {
-        created = true;
         struct bdrv_create_opts co = {.size = DEFAULT_IMAGE_SIZE,
                                       .mode = o->state_mode ? o->state_mode : 0640};
         if (bdrv_create("qcow2", spec, &co, &err) < 0) {
@@ -411,10 +409,13 @@ static struct bdrv_node *open_state(struct socket_opts *o, struct fdstash *stash
             return NULL;
         }
     }
+    struct bdrv_node *bs = bdrv_open(spec, BDRV_O_RDWR | BDRV_O_OWNER, stash, &err);
     /* --migration incoming: the source may still own an image on shared storage;
-     * INIT or SET_STATEBLOB takes the ownership (docs/nvtpm-socket.md). */
-    unsigned owner = o->incoming && !created ? 0 : BDRV_O_OWNER;
-    struct bdrv_node *bs = bdrv_open(spec, BDRV_O_RDWR | owner, stash, &err);
+     * then INIT or SET_STATEBLOB takes the ownership (docs/nvtpm-socket.md). */
+    if (!bs && err.code == -EBUSY && o->incoming) {
+        nv_error_clear(&err);
+        bs = bdrv_open(spec, BDRV_O_RDWR, stash, &err);
+    }
     if (!bs)
         *code = err.code == -EBUSY ? busy_message(spec, &err)
                                    : cli_fail(cli_exit_code(err.code), "%s", err.msg);
