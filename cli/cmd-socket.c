@@ -16,6 +16,7 @@
 #include "block.h"
 #include "cli.h"
 #include "fdstash.h"
+#include "migration.h"
 #include "nvram.h"
 #include "tpm.h"
 
@@ -29,6 +30,7 @@ struct socket_opts {
     struct tpm_server_config server;
     struct tpm_backend_options backend;
     struct nvram_key key, migration_key;
+    struct mig_key key_aes, migration_key_aes; /* as swtpm makes them, for blobs */
     bool have_key, have_migration_key;
     bool not_need_init, daemon, print_caps, print_states, incoming, no_sync;
     const char *pid_file;
@@ -299,7 +301,10 @@ static const char socket_usage[] =
     "               mode 0600 unless mode=); fd=N: an inherited listening or connected socket\n"
     "  --ctrl       the control channel; clientfd=N: an inherited connected socket;\n"
     "               terminate: exit when the control connection closes\n"
-    "  --key        the image's key (swtpm's syntax, see nvtpm create --help)\n"
+    "  --key        the image's key (swtpm's syntax, see nvtpm create --help); also\n"
+    "               opens state blobs swtpm encrypted with the same --key\n"
+    "  --migration-key  state blobs leave encrypted with it (swtpm's AES-CBC and\n"
+    "               HMAC-SHA256) and may arrive so; plain blobs are accepted too\n"
     "  --platform   the MS simulator's platform port, for tpm2-tss's mssim TCTI\n"
     "  --no-sync    commits skip fdatasync (faster; an acknowledged write can be lost)\n"
     "  --log        level>=5 logs every command and response; >=20 libtpms' debug output\n"
@@ -613,6 +618,16 @@ static int open_log(struct socket_opts *o)
     return 0;
 }
 
+/* The keys of blobs in swtpm's format, made as swtpm makes them. */
+static int derive_blob_keys(struct socket_opts *o)
+{
+    struct nv_error err = {0};
+    if ((o->have_key && mig_key_from(&o->key, &o->key_aes, &err) < 0) ||
+        (o->have_migration_key && mig_key_from(&o->migration_key, &o->migration_key_aes, &err) < 0))
+        return cli_fail(CLI_EXIT_ERROR, "socket: %s", err.msg);
+    return 0;
+}
+
 /* Open the image and its NVRAM, check the key, start libtpms, serve. */
 static int serve(struct socket_opts *o)
 {
@@ -642,7 +657,8 @@ static int serve(struct socket_opts *o)
     if (nv && code == 0) {
         o->server.image = bs;
         o->server.file_key = o->have_key;
-        o->server.migration_key = o->have_migration_key;
+        o->server.state_key = o->have_key ? &o->key_aes : NULL;
+        o->server.migration_key = o->have_migration_key ? &o->migration_key_aes : NULL;
         o->server.log_level = o->log_level;
         o->server.log_fd = o->log_fd;
         o->server.ready = ready;
@@ -667,10 +683,12 @@ int cmd_socket(int argc, char **argv)
     else if (r == 0 && o.print_states)
         r = o.state_path ? print_states(o.state_path)
                          : cli_fail(CLI_EXIT_USAGE, "socket: --print-states needs file= or dir=");
-    else if (r == 0 && (r = open_log(&o)) == 0)
+    else if (r == 0 && (r = derive_blob_keys(&o)) == 0 && (r = open_log(&o)) == 0)
         r = serve(&o);
     nvram_key_wipe(&o.key);
     nvram_key_wipe(&o.migration_key);
+    mig_key_wipe(&o.key_aes);
+    mig_key_wipe(&o.migration_key_aes);
     for (int i = 0; i < o.ncopies; i++)
         free(o.copies[i]);
     return r < 0 ? 0 : r;

@@ -1,7 +1,7 @@
 /* blob.c - swtpm's state-blob format: header and TLVs, checked defensively
  * (every length against what is left), since blobs arrive from the network
- * side of a migration. */
-#include "migration.h"
+ * side of a migration. Encryption (AES-CBC, HMAC-SHA256) is in cbc.c. */
+#include "internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -9,34 +9,67 @@
 
 #define BLOB_VERSION 2u
 
-int mig_blob_wrap(const uint8_t *state, size_t len, uint8_t **blob, size_t *blob_len,
-                  struct nv_error *err)
+static uint8_t *put_header(uint8_t *b, uint16_t flags, size_t total)
 {
-    size_t total = MIG_HEADER_SIZE + 6 + 6 + len;
-    if (len > MIG_BLOB_MAX)
-        return nv_error_set(err, -EFBIG, "state blob of %zu bytes is too large", len);
-    uint8_t *b = malloc(total);
-    if (!b)
-        return nv_error_set(err, -ENOMEM, "out of memory");
     b[0] = BLOB_VERSION;
     b[1] = 1; /* readers of version 1 can read it */
     nv_put_be16(b + 2, MIG_HEADER_SIZE);
-    nv_put_be16(b + 4, MIG_FLAG_MIGRATION_DATA);
+    nv_put_be16(b + 4, flags);
     nv_put_be32(b + 6, (uint32_t)total);
-    nv_put_be16(b + 10, MIG_TAG_MIGRATION_DATA);
-    nv_put_be32(b + 12, (uint32_t)(6 + len));
-    nv_put_be16(b + 16, MIG_TAG_DATA);
-    nv_put_be32(b + 18, (uint32_t)len);
-    if (len)
-        memcpy(b + 22, state, len);
-    *blob = b;
-    *blob_len = total;
-    return 0;
+    return b + MIG_HEADER_SIZE;
 }
 
-/* Find the first TLV with tag in [p, p+len); every length checked. */
-static int find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **value,
-                    size_t *value_len, struct nv_error *err)
+uint8_t *mig_put_tlv(uint8_t *p, uint16_t tag, const uint8_t *value, size_t len)
+{
+    nv_put_be16(p, tag);
+    nv_put_be32(p + 2, (uint32_t)len);
+    if (len && value)
+        memcpy(p + 6, value, len);
+    return p + 6 + len;
+}
+
+int mig_blob_wrap(const uint8_t *state, size_t len, const struct mig_key *migration_key,
+                  uint8_t **blob, size_t *blob_len, struct nv_error *err)
+{
+    *blob = NULL;
+    if (len > MIG_BLOB_MAX)
+        return nv_error_set(err, -EFBIG, "state blob of %zu bytes is too large", len);
+    uint8_t *inner = malloc(6 + len);
+    if (!inner)
+        return nv_error_set(err, -ENOMEM, "out of memory");
+    mig_put_tlv(inner, MIG_TAG_DATA, state, len);
+    uint8_t *sealed = NULL;
+    size_t sealed_len = 0;
+    uint16_t flags = MIG_FLAG_MIGRATION_DATA;
+    int r = 0;
+    if (migration_key) {
+        r = mig_cbc_seal(migration_key, inner, 6 + len, MIG_TAG_ENCRYPTED_MIGRATION_DATA,
+                         MIG_TAG_MIGRATION_IVEC, &sealed, &sealed_len, err);
+        flags |= MIG_FLAG_MIGRATION_ENCRYPTED |
+                 (migration_key->len == 32 ? MIG_FLAG_MIGRATION_KEY_256 : 0);
+    } else {
+        sealed_len = 6 + 6 + len; /* the data TLV inside a migration-data TLV */
+        sealed = malloc(sealed_len);
+        if (sealed)
+            mig_put_tlv(sealed, MIG_TAG_MIGRATION_DATA, inner, 6 + len);
+        else
+            r = nv_error_set(err, -ENOMEM, "out of memory");
+    }
+    free(inner);
+    uint8_t *b = r == 0 ? malloc(MIG_HEADER_SIZE + sealed_len) : NULL;
+    if (r == 0 && !b)
+        r = nv_error_set(err, -ENOMEM, "out of memory");
+    if (r == 0) {
+        memcpy(put_header(b, flags, MIG_HEADER_SIZE + sealed_len), sealed, sealed_len);
+        *blob = b;
+        *blob_len = MIG_HEADER_SIZE + sealed_len;
+    }
+    free(sealed);
+    return r;
+}
+
+int mig_find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **value,
+                 size_t *value_len, struct nv_error *err)
 {
     size_t off = 0;
     while (len - off >= 6) {
@@ -57,13 +90,8 @@ static int find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **
     return nv_error_set(err, -EBADMSG, "state blob: no TLV with tag %u", tag);
 }
 
-int mig_blob_unwrap(const uint8_t *blob, size_t len, uint8_t **state, size_t *state_len,
-                    struct nv_error *err)
+static int check_header(const uint8_t *blob, size_t len, struct nv_error *err)
 {
-    *state = NULL;
-    *state_len = 0;
-    if (len == 0)
-        return 0;
     if (len < MIG_HEADER_SIZE)
         return nv_error_set(err, -EBADMSG, "state blob: %zu bytes is shorter than a header", len);
     uint16_t hsize = nv_be16(blob + 2), flags = nv_be16(blob + 4);
@@ -76,24 +104,87 @@ int mig_blob_unwrap(const uint8_t *blob, size_t len, uint8_t **state, size_t *st
                             "state blob: header size %u or total length %u does "
                             "not fit its %zu bytes",
                             hsize, total, len);
-    if (flags & (MIG_FLAG_ENCRYPTED | MIG_FLAG_MIGRATION_ENCRYPTED))
-        return nv_error_set(err, -ENOKEY,
-                            "state blob: encrypted (flags 0x%x) and no key to "
-                            "decrypt it",
-                            flags);
-    const uint8_t *p = blob + hsize, *value;
-    size_t plen = len - hsize, vlen;
-    int r = 0;
-    if (flags & MIG_FLAG_MIGRATION_DATA)
-        r = find_tlv(p, plen, MIG_TAG_MIGRATION_DATA, &p, &plen, err);
-    if (r == 0)
-        r = find_tlv(p, plen, MIG_TAG_DATA, &value, &vlen, err);
+    /* Version 1 writers authenticated differently; swtpm has written
+     * version 2 since encryption has had an IV TLV. */
+    if ((flags & (MIG_FLAG_ENCRYPTED | MIG_FLAG_MIGRATION_ENCRYPTED)) && blob[0] < 2)
+        return nv_error_set(err, -ENOTSUP, "state blob: encrypted blob of version %u", blob[0]);
+    return 0;
+}
+
+/* Plaintext of the decrypted layers, wiped when done. */
+struct layer {
+    uint8_t *plain;
+    size_t len;
+};
+
+static void layer_free(struct layer *l)
+{
+    if (l->plain)
+        mig_wipe(l->plain, l->len);
+    free(l->plain);
+    l->plain = NULL;
+}
+
+/* Open one encryption layer: p and plen then point into owned. */
+static int open_layer(const struct mig_key *key, const char *which, uint16_t key256_flag,
+                      uint16_t flags, uint16_t ct_tag, uint16_t iv_tag, const uint8_t **p,
+                      size_t *plen, struct layer *owned, struct nv_error *err)
+{
+    if (!key)
+        return nv_error_set(err, -ENOKEY, "state blob: encrypted with the %s key, none given",
+                            which);
+    size_t bits = (flags & key256_flag) ? 256 : 128;
+    if (key->len * 8 != bits)
+        return nv_error_set(err, -EKEYREJECTED,
+                            "state blob: encrypted with a %zu-bit %s key, the given one has "
+                            "%zu bits",
+                            bits, which, key->len * 8);
+    uint8_t *plain = NULL;
+    size_t plain_len = 0;
+    int r = mig_cbc_open(key, *p, *plen, ct_tag, iv_tag, &plain, &plain_len, err);
+    if (r < 0)
+        return nv_error_prefix(err, r, "%s key: ", which);
+    layer_free(owned);
+    *owned = (struct layer){plain, plain_len};
+    *p = plain;
+    *plen = plain_len;
+    return 0;
+}
+
+int mig_blob_unwrap(const uint8_t *blob, size_t len, const struct mig_key *migration_key,
+                    const struct mig_key *state_key, uint8_t **state, size_t *state_len,
+                    struct nv_error *err)
+{
+    *state = NULL;
+    *state_len = 0;
+    if (len == 0)
+        return 0;
+    int r = check_header(blob, len, err);
     if (r < 0)
         return r;
-    *state = malloc(vlen ? vlen : 1);
-    if (!*state)
-        return nv_error_set(err, -ENOMEM, "out of memory");
-    memcpy(*state, value, vlen);
-    *state_len = vlen;
-    return 0;
+    uint16_t hsize = nv_be16(blob + 2), flags = nv_be16(blob + 4);
+    const uint8_t *p = blob + hsize;
+    size_t plen = len - hsize;
+    struct layer owned = {0};
+    if (flags & MIG_FLAG_MIGRATION_ENCRYPTED)
+        r = open_layer(migration_key, "migration", MIG_FLAG_MIGRATION_KEY_256, flags,
+                       MIG_TAG_ENCRYPTED_MIGRATION_DATA, MIG_TAG_MIGRATION_IVEC, &p, &plen, &owned,
+                       err);
+    else if (flags & MIG_FLAG_MIGRATION_DATA)
+        r = mig_find_tlv(p, plen, MIG_TAG_MIGRATION_DATA, &p, &plen, err);
+    if (r == 0 && (flags & MIG_FLAG_ENCRYPTED))
+        r = open_layer(state_key, "state", MIG_FLAG_STATE_KEY_256, flags, MIG_TAG_ENCRYPTED_DATA,
+                       MIG_TAG_IVEC, &p, &plen, &owned, err);
+    else if (r == 0)
+        r = mig_find_tlv(p, plen, MIG_TAG_DATA, &p, &plen, err);
+    if (r == 0) {
+        *state = malloc(plen ? plen : 1);
+        if (!*state)
+            r = nv_error_set(err, -ENOMEM, "out of memory");
+        else if (plen)
+            memcpy(*state, p, plen);
+        *state_len = *state ? plen : 0;
+    }
+    layer_free(&owned);
+    return r;
 }

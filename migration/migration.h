@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nvram.h"
 #include "util.h"
 
 /* Header flags. */
@@ -35,14 +36,32 @@ enum {
 #define MIG_HEADER_SIZE 10u
 #define MIG_BLOB_MAX    (512u * 1024u + 4096u) /* swtpm's limit, with room for wrapping */
 
-/* A libtpms blob as GET_STATEBLOB returns it: a migration-data blob. */
-int mig_blob_wrap(const uint8_t *state, size_t len, uint8_t **blob, size_t *blob_len,
-                  struct nv_error *err);
+/* An AES-CBC key in swtpm's blob encryption (AES-CBC, the plaintext padded
+ * to a multiple of the key length with bytes holding the padding's length,
+ * then HMAC-SHA256 with the same key over the ciphertext and the IV): 16 or
+ * 32 bytes, made from a user's key by nvram_key_swtpm_aes(). */
+struct mig_key {
+    uint8_t aes[32];
+    size_t len;
+};
+
+/* The blob key swtpm makes of a user's key (nvram_key_swtpm_aes()). */
+int mig_key_from(const struct nvram_key *key, struct mig_key *out, struct nv_error *err);
+void mig_key_wipe(struct mig_key *key);
+
+/* A libtpms blob as GET_STATEBLOB returns it: a migration-data blob,
+ * encrypted with migration_key unless that is NULL. */
+int mig_blob_wrap(const uint8_t *state, size_t len, const struct mig_key *migration_key,
+                  uint8_t **blob, size_t *blob_len, struct nv_error *err);
 
 /* The libtpms blob inside a blob from swtpm or nvtpm (malloc'd). An empty
- * blob (length 0) gives an empty state. Encrypted blobs are refused with
- * -ENOKEY (no key to decrypt them). */
-int mig_blob_unwrap(const uint8_t *blob, size_t len, uint8_t **state, size_t *state_len,
+ * blob (length 0) gives an empty state. A blob encrypted with the migration
+ * key (flag 0x02) needs migration_key, one encrypted with the state key (flag
+ * 0x01, as swtpm's encrypted state files are) needs state_key: -ENOKEY when
+ * it is NULL, -EKEYREJECTED when the HMAC does not match (a wrong key or a
+ * damaged blob). A plain blob is accepted with or without keys. */
+int mig_blob_unwrap(const uint8_t *blob, size_t len, const struct mig_key *migration_key,
+                    const struct mig_key *state_key, uint8_t **state, size_t *state_len,
                     struct nv_error *err);
 
 #endif

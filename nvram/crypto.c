@@ -29,6 +29,12 @@ void nvram_sha256(const void *a, size_t a_len, const void *b, size_t b_len, uint
     EVP_MD_CTX_free(ctx);
 }
 
+int nvram_sha512(const void *in, size_t len, uint8_t out[64])
+{
+    unsigned n = 64;
+    return EVP_Digest(in, len, out, &n, EVP_sha512(), NULL) == 1 ? 0 : -EIO;
+}
+
 static const EVP_CIPHER *gcm_for(size_t key_len)
 {
     return key_len == 16 ? EVP_aes_128_gcm() : key_len == 32 ? EVP_aes_256_gcm() : NULL;

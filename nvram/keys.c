@@ -169,6 +169,9 @@ int nvram_key_parse(const char *spec, struct nvram_key *key, struct nv_error *er
         key->kind = NVRAM_KEY_PASSPHRASE;
         memcpy(key->material, buf, len);
         key->length = len;
+        key->cbc_bytes = ks.mode && strcmp(ks.mode, "aes-256-cbc") == 0 ? 32 : 16;
+        if (ks.mode && strcmp(ks.mode, "aes-cbc") != 0 && strcmp(ks.mode, "aes-256-cbc") != 0)
+            r = nv_error_set(err, -EINVAL, "key: mode=%s (aes-cbc or aes-256-cbc)", ks.mode);
     } else if (r == 0) {
         key->kind = NVRAM_KEY_RAW;
         r = decode_raw(key, buf, len, ks.format, ks.mode, err);
@@ -178,6 +181,28 @@ int nvram_key_parse(const char *spec, struct nvram_key *key, struct nv_error *er
     if (r < 0)
         nvram_key_wipe(key);
     return r;
+}
+
+int nvram_key_swtpm_aes(const struct nvram_key *key, uint8_t out[32], size_t *out_len,
+                        struct nv_error *err)
+{
+    static const uint8_t salt[] = "swtpm";
+    if (key->kind == NVRAM_KEY_RAW) {
+        memcpy(out, key->material, key->length);
+        *out_len = key->length;
+        return 0;
+    }
+    *out_len = key->cbc_bytes;
+    if (key->kdf_sha512) {
+        uint8_t digest[64];
+        int r = nvram_sha512(key->material, key->length, digest);
+        memcpy(out, digest, *out_len);
+        nvram_wipe(digest, sizeof(digest));
+        return r < 0 ? nv_error_set(err, r, "key: SHA-512 failed") : 0;
+    }
+    if (nvram_pbkdf2(key->material, key->length, salt, sizeof(salt) - 1, 1000, out, *out_len) < 0)
+        return nv_error_set(err, -EIO, "key: PBKDF2 failed");
+    return 0;
 }
 
 void nvram_key_wipe(struct nvram_key *key)

@@ -61,12 +61,21 @@ struct nvram_key {
     size_t length;
     uint32_t iterations; /* for a new passphrase slot */
     bool kdf_sha512;     /* swtpm's kdf=sha512 (only for swtpm state files) */
+    size_t cbc_bytes;    /* a passphrase's AES-CBC key size for swtpm's formats:
+                          * 16, or 32 with mode=aes-256-cbc */
 };
 
 /* Parse a key in swtpm's --key syntax (docs/nvram-format.md) and read its
  * material: file=PATH|fd=N|pwdfile=PATH|pwdfd=N[,format=hex|binary]
  * [,mode=aes-cbc|aes-256-cbc][,kdf=pbkdf2|sha512][,remove][,iterations=N]. */
 int nvram_key_parse(const char *spec, struct nvram_key *key, struct nv_error *err);
+
+/* The AES-CBC key swtpm makes of this key for its blobs and state files: a
+ * raw key as it is; a passphrase through PBKDF2-HMAC-SHA512 (salt "swtpm",
+ * 1000 iterations) or, with kdf=sha512, SHA-512; 128 bits, or 256 with
+ * mode=aes-256-cbc. Sets *out_len to 16 or 32. */
+int nvram_key_swtpm_aes(const struct nvram_key *key, uint8_t out[32], size_t *out_len,
+                        struct nv_error *err);
 
 /* Overwrite the key material (OPENSSL_cleanse). */
 void nvram_key_wipe(struct nvram_key *key);

@@ -110,7 +110,8 @@ static size_t get_stateblob(const struct ctrl_env *env, const uint8_t *body, uin
         env->savestate_read(env->opaque);
     if (r == TPM_CTRL_SUCCESS && len == 0)
         r = TPM_CTRL_RETRY; /* an empty blob (no savestate) does not exist either */
-    if (r == TPM_CTRL_SUCCESS && mig_blob_wrap(state, len, &blob, &blob_len, NULL) < 0)
+    if (r == TPM_CTRL_SUCCESS &&
+        mig_blob_wrap(state, len, env->migration_key, &blob, &blob_len, NULL) < 0)
         r = TPM_CTRL_FAIL;
     free(state);
     if (r == TPM_CTRL_SUCCESS && offset > blob_len)
@@ -164,9 +165,14 @@ static uint32_t set_stateblob(const struct ctrl_env *env, const uint8_t *body)
     if (claimed != TPM_CTRL_SUCCESS)
         return claimed;
     struct nv_error err = {0};
-    int e = mig_blob_unwrap(body + 12, len, &state, &state_len, &err);
+    int e = mig_blob_unwrap(body + 12, len, env->migration_key, env->state_key, &state, &state_len,
+                            &err);
+    if (e < 0 && env->log)
+        env->log(env->opaque, err.msg);
     if (e == -ENOKEY)
         return TPM_CTRL_KEY_NOT_FOUND;
+    if (e == -EKEYREJECTED)
+        return TPM_CTRL_DECRYPT_ERROR;
     if (e < 0)
         return TPM_CTRL_BAD_PARAMETER;
     uint32_t r = tpm_backend_set_state((int)type, state, (uint32_t)state_len);

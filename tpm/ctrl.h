@@ -37,13 +37,17 @@ struct ctrl_env {
     void *opaque;
     uint8_t *locality; /* the data channel's locality */
     bool reject_locality_4;
-    bool file_key, migration_key; /* for GET_CONFIG */
+    bool file_key;                       /* for GET_CONFIG */
+    const struct mig_key *migration_key; /* NULL: blobs leave plain */
+    const struct mig_key *state_key;     /* NULL: refuse state-key-encrypted blobs */
     /* SET_DATAFD: take fd as the data channel; returns a result code. */
     uint32_t (*set_datafd)(void *opaque, int fd);
     /* LOCK_STORAGE (retries of 10 ms; also called with 0 before INIT and
      * SET_STATEBLOB) and the hand-off after a savestate is read. */
     uint32_t (*lock_storage)(void *opaque, uint32_t retries);
     void (*savestate_read)(void *opaque);
+    /* Why a request failed, for the log (NULL: not logged). */
+    void (*log)(void *opaque, const char *message);
     /* SHUTDOWN: whether the TPM may store its state as it stops (NULL: yes). */
     bool (*store_at_stop)(void *opaque);
 };

@@ -81,6 +81,14 @@ static void log_bytes(const struct server *s, const char *what, const uint8_t *p
     dprintf(s->cfg->log_fd, "%s", line);
 }
 
+/* Why a control request failed: one line on the log. */
+static void cb_log(void *opaque, const char *message)
+{
+    const struct server *s = opaque;
+    if (s->cfg->log_fd >= 0)
+        dprintf(s->cfg->log_fd, "nvtpm: %s\n", message);
+}
+
 /* ---- the data channel, on the TPM thread ------------------------------------------ */
 
 /* A TPM error response of 10 bytes (TPM 2: RC; TPM 1.2: return code). */
@@ -405,9 +413,11 @@ static bool serve_ctrl(struct server *s, int fd, uint8_t *req, bool *exit_now)
                            .file_key = s->cfg->file_key,
                            .store_at_stop = cb_store_at_stop,
                            .migration_key = s->cfg->migration_key,
+                           .state_key = s->cfg->state_key,
                            .set_datafd = cb_set_datafd,
                            .lock_storage = cb_lock_storage,
-                           .savestate_read = cb_savestate_read};
+                           .savestate_read = cb_savestate_read,
+                           .log = cb_log};
     enum ctrl_action a = ctrl_handle(&env, req, len, passed, resp, &resp_len, &big);
     int w = server_write_full(fd, big ? big : resp, resp_len);
     free(big);

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "migration.h"
 #include "nvram.h"
 
 /* Control-channel result codes (swtpm's; TPM 1.2 numbering). */
@@ -106,10 +107,12 @@ struct tpm_server_config {
     unsigned platform_port; /* MS simulator platform port (mssim TCTI); 0 = none */
     bool terminate;         /* exit when the data connection closes */
     bool reject_locality_4;
-    bool file_key, migration_key;
-    bool release_lock_outgoing; /* give up ownership once the savestate blob is read */
-    struct bdrv_node *image;    /* for the ownership hand-off */
-    unsigned log_level;         /* >= 5: each command and response logged */
+    bool file_key;                       /* for GET_CONFIG */
+    const struct mig_key *migration_key; /* blobs out are encrypted, in may be */
+    const struct mig_key *state_key;     /* the --key, for blobs swtpm encrypted with it */
+    bool release_lock_outgoing;          /* give up ownership once the savestate blob is read */
+    struct bdrv_node *image;             /* for the ownership hand-off */
+    unsigned log_level;                  /* >= 5: each command and response logged */
     int log_fd;
     /* Called once the sockets exist, before serving (daemonize, pid file). */
     int (*ready)(void *opaque, struct nv_error *err);

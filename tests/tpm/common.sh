@@ -41,3 +41,26 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null
     SERVER_STATUS=$?
 }
+
+# For the tests that run nvtpm and swtpm side by side on ports P..P+3 (nvtpm
+# data/control, swtpm data/control), with their logs in $T.
+# serve_nvtpm IMG ARGS...: nvtpm on P and P+1
+serve_nvtpm() {
+    local img=$1
+    shift
+    start_nvtpm "$T/nvtpm.log" --tpm2 --tpmstate "file=$img" --server "type=tcp,port=$P" \
+        --ctrl "type=tcp,port=$((P + 1))" "$@"
+    wait_port $((P + 1))
+}
+# serve_swtpm DIR ARGS...: swtpm on P+2 and P+3; SWTPM_PID is set
+serve_swtpm() {
+    local dir=$1
+    shift
+    mkdir -p "$dir"
+    swtpm socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$((P + 2))" \
+        --ctrl "type=tcp,port=$((P + 3))" "$@" >"$T/swtpm.log" 2>&1 &
+    SWTPM_PID=$!
+    wait_port $((P + 3))
+}
+# nv PORT TPM2-TOOLS-COMMAND...: through the swtpm TCTI on PORT
+nv() { TPM2TOOLS_TCTI=swtpm:port=$1 "${@:2}"; }

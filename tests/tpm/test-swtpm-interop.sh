@@ -14,22 +14,6 @@ P=$(free_ports 4)
 CTRL=$T/ctrl.sock
 IO="swtpm_ioctl --tcp 127.0.0.1:$((P + 1))" # the swtpm TCTI wants control on data port + 1
 
-serve_nvtpm() { # IMG FLAGS...
-    local img=$1
-    shift
-    start_nvtpm "$T/nvtpm.log" --tpm2 --tpmstate "file=$img" --server "type=tcp,port=$P" \
-        --ctrl "type=tcp,port=$((P + 1))" "$@"
-    wait_port $((P + 1))
-}
-serve_swtpm() { # DIR FLAGS...
-    local dir=$1
-    shift
-    swtpm socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$((P + 2))" \
-        --ctrl "type=tcp,port=$((P + 3))" "$@" >"$T/swtpm.log" 2>&1 &
-    SWTPM_PID=$!
-    wait_port $((P + 3))
-}
-nv() { TPM2TOOLS_TCTI=swtpm:port=$1 "${@:2}"; }
 
 # --- swtpm_ioctl as nvtpm's control client --------------------------------------------------
 serve_nvtpm "$T/a.qcow2"
@@ -72,7 +56,6 @@ wait "$SERVER_PID"
 [ ! -e "$CTRL" ] && pass "the socket file is removed at exit" || fail "the socket file is removed at exit"
 
 # --- swtpm -> nvtpm ----------------------------------------------------------------------------
-mkdir -p "$T/sw"
 serve_swtpm "$T/sw" --flags not-need-init,startup-clear
 nv $((P + 2)) tpm2_nvdefine 0x1500021 -C o -s 8 -a "ownerread|ownerwrite" >/dev/null 2>&1
 printf 'swtpm->n' >"$T/d2"
@@ -94,7 +77,6 @@ expect_exit 0 "an NV index written under nvtpm" -- nv $P tpm2_nvwrite 0x1500022 
 expect_exit 0 "nvtpm's permanent blob saved" -- $IO --save permanent "$T/n-perm.blob"
 expect_exit 0 "nvtpm's volatile blob saved" -- $IO --save volatile "$T/n-vol.blob"
 stop_server TERM
-mkdir -p "$T/sw2"
 serve_swtpm "$T/sw2"
 expect_exit 0 "nvtpm's permanent blob loads into swtpm" -- swtpm_ioctl --tcp 127.0.0.1:$((P + 3)) --load permanent "$T/n-perm.blob"
 expect_exit 0 "and its volatile blob" -- swtpm_ioctl --tcp 127.0.0.1:$((P + 3)) --load volatile "$T/n-vol.blob"

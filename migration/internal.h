@@ -1,0 +1,27 @@
+/* internal.h - what migration/'s files share and the layer does not offer. */
+#ifndef NVTPM_MIGRATION_INTERNAL_H
+#define NVTPM_MIGRATION_INTERNAL_H
+
+#include "migration.h"
+
+/* Write a TLV (value may be NULL to leave it for the caller); returns the end. */
+uint8_t *mig_put_tlv(uint8_t *p, uint16_t tag, const uint8_t *value, size_t len);
+
+/* The first TLV with tag in [p, p+len); every length checked. */
+int mig_find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **value,
+                 size_t *value_len, struct nv_error *err);
+
+/* cbc.c: one encryption layer as swtpm writes it: TLVs ct_tag (AES-CBC
+ * ciphertext of in, padded to a multiple of the key length), MIG_TAG_HMAC (HMAC-SHA256 over the
+ * ciphertext and the IV) and iv_tag (a random IV as long as the key; CBC uses
+ * its first 16 bytes). */
+int mig_cbc_seal(const struct mig_key *key, const uint8_t *in, size_t len, uint16_t ct_tag,
+                 uint16_t iv_tag, uint8_t **out, size_t *out_len, struct nv_error *err);
+/* The reverse, from the TLVs in [in, in+len): -EKEYREJECTED when the HMAC does
+ * not match, -EBADMSG when a TLV is missing or malformed. */
+int mig_cbc_open(const struct mig_key *key, const uint8_t *in, size_t len, uint16_t ct_tag,
+                 uint16_t iv_tag, uint8_t **out, size_t *out_len, struct nv_error *err);
+
+void mig_wipe(void *p, size_t len);
+
+#endif
