@@ -327,6 +327,37 @@ static int file_flush(struct bdrv_node *bs, struct nv_error *err)
     return 0;
 }
 
+/* Zeros without writing them: the file system allocates the range as
+ * zeroed extents (so later writes into it cannot run out of space) and
+ * extends the file if needed. Real zeros are written where it cannot, and
+ * under fault injection, whose write log must see every byte. */
+static int file_pwrite_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len,
+                              struct nv_error *err)
+{
+    struct file_state *s = state(bs);
+    int r = -1;
+    if (!s->faults && offset <= INT64_MAX && len <= (uint64_t)INT64_MAX - offset) {
+        do {
+            r = fallocate(s->fd, FALLOC_FL_ZERO_RANGE, (off_t)offset, (off_t)len);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0 && errno != EOPNOTSUPP && errno != EINVAL && errno != ENOSYS)
+            return io_error(bs, "zeroing", offset, (size_t)len, errno, err);
+    }
+    if (r < 0) {
+        uint8_t *zeros = calloc(1, len < (1u << 20) ? (size_t)len : (1u << 20));
+        if (!zeros)
+            return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
+        for (r = 0; len && r == 0;) {
+            size_t n = len < (1u << 20) ? (size_t)len : (1u << 20);
+            r = file_transfer(bs, true, offset, zeros, n, err);
+            offset += n;
+            len -= n;
+        }
+        free(zeros);
+    }
+    return r == 0 && (bs->flags & BDRV_O_CACHE_DIRECTSYNC) ? file_flush(bs, err) : r;
+}
+
 static int64_t file_getlength(struct bdrv_node *bs, struct nv_error *err)
 {
     off_t end = lseek(state(bs)->fd, 0, SEEK_END);
@@ -447,8 +478,8 @@ static void file_reopen_abort(struct bdrv_node *bs, struct fdstash *stash)
 #define FILE_DRIVER_OPS                                                                            \
     .is_protocol = true, .state_size = sizeof(struct file_state), .close = file_close,             \
     .pread = file_pread, .pwrite = file_pwrite, .flush = file_flush, .getlength = file_getlength,  \
-    .truncate = file_truncate, .lock_fd = file_lock_fd, .set_cache = file_set_cache,               \
-    .open_done = file_open_done, .extract_fds = file_extract_fds,                                  \
+    .truncate = file_truncate, .pwrite_zeroes = file_pwrite_zeroes, .lock_fd = file_lock_fd,       \
+    .set_cache = file_set_cache, .open_done = file_open_done, .extract_fds = file_extract_fds,     \
     .reopen_prepare = file_reopen_prepare, .reopen_commit = file_reopen_commit,                    \
     .reopen_abort = file_reopen_abort
 

@@ -17,18 +17,19 @@ int qcow2_cache_init(struct qcow2_cache *c, enum qcow2_meta kind, unsigned count
     if (!c->tables)
         return -ENOMEM;
     c->count = count;
-    for (unsigned i = 0; i < count; i++) {
-        c->tables[i].data = malloc(cluster_size);
-        if (!c->tables[i].data)
-            return -ENOMEM;
-    }
+    /* One block (mmap'd by malloc at this size) rather than a malloc per
+     * table, whose chunk headers alone would make every table resident. */
+    c->memory = malloc((size_t)count * cluster_size);
+    if (!c->memory)
+        return -ENOMEM;
+    for (unsigned i = 0; i < count; i++)
+        c->tables[i].data = c->memory + (size_t)i * cluster_size;
     return 0;
 }
 
 void qcow2_cache_destroy(struct qcow2_cache *c)
 {
-    for (unsigned i = 0; c->tables && i < c->count; i++)
-        free(c->tables[i].data);
+    free(c->memory);
     free(c->tables);
     memset(c, 0, sizeof(*c));
 }

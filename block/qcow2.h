@@ -63,6 +63,7 @@ enum qcow2_meta {
 struct qcow2_cache {
     enum qcow2_meta kind;
     struct qcow2_table *tables;
+    uint8_t *memory; /* the tables' data, one block: pages never used stay unmapped */
     unsigned count;
     uint64_t tick;
     unsigned last; /* index of the last hit */

@@ -24,7 +24,7 @@ median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 # start WHO TRANSPORT PIN [extra]: a fresh server; SRV and ADDR are set
 start() {
     local who=$1 transport=$2 pin=$3 extra=${4:-} server
-    rm -rf "$T/state" && mkdir "$T/state"
+    [ -n "${KEEP_STATE:-}" ] || { rm -rf "$T/state" && mkdir "$T/state"; }
     if [ "$transport" = tcp ]; then server="type=tcp,port=$PORT"; ADDR=tcp:$PORT
     else server="type=unixio,path=$T/data.sock"; ADDR=unix:$T/data.sock; fi
     local run=()
@@ -93,14 +93,34 @@ awk -v a="$echo_rate" -v b="$nv" 'BEGIN { printf "| %-38s | %9.0f | %9.0f | %10.
 echo
 echo "### start-up and memory"
 echo
+# startup_ms WHO STATE [extra]: median of 5 starts to the first answer; STATE
+# fresh (no state yet: swtpm creates files, nvtpm creates and formats the
+# image, durably) or existing (the state a stopped server left).
+startup_ms() {
+    local i s e keep=${3:-}
+    [ "$2" = existing ] && { start "$1" tcp unpinned "$keep"; stop; } # leaves its state
+    for ((i = 0; i < 5; i++)); do
+        [ "$2" = existing ] && KEEP_STATE=1
+        s=$(date +%s%N); start "$1" tcp unpinned "$keep"; e=$(date +%s%N); stop
+        KEEP_STATE=
+        echo $(( (e - s) / 1000 ))
+    done | median | awk '{ printf "%.1f", $1 / 1000 }'
+}
+echo "| start-up to the first answer           | nvtpm ms  | swtpm ms  | ratio   |"
+echo "|----------------------------------------|-----------|-----------|---------|"
+for state in fresh existing; do
+    sw=$(startup_ms swtpm $state)
+    awk -v n="$state state" -v a="$(startup_ms nvtpm $state)" -v b="$sw" 'BEGIN { printf "| %-38s | %9.1f | %9.1f | %6.2fx |\n", n, a, b, b / a }'
+    awk -v n="$state state, nvtpm --no-sync" -v a="$(startup_ms nvtpm $state --no-sync)" -v b="$sw" 'BEGIN { printf "| %-38s | %9.1f | %9.1f | %6.2fx |\n", n, a, b, b / a }'
+done
+echo
+echo "(ratio: swtpm's time over nvtpm's, so above 1 is nvtpm faster)"
+echo
 for who in nvtpm swtpm; do
-    t=$(for ((i = 0; i < 5; i++)); do
-        s=$(date +%s%N); start $who tcp unpinned; e=$(date +%s%N); stop; echo $(( (e - s) / 1000 ))
-    done | median)
     start $who tcp unpinned
     "$BENCH" client "$ADDR" getrandom $LIGHT >/dev/null
     "$BENCH" client "$ADDR" nvwrite 200 >/dev/null
     rss=$(awk '/VmRSS/ {print $2}' /proc/$SRV/status)
     stop
-    echo "$who: first answer $((t / 1000)).$(( (t % 1000) / 100 )) ms after start; resident memory after $LIGHT GetRandom and 200 NV_Write: $rss KiB"
+    echo "$who: resident memory after $LIGHT GetRandom and 200 NV_Write: $rss KiB"
 done
