@@ -105,7 +105,8 @@ static int check_blob(const struct tis *t, const uint8_t *b, size_t len, struct 
         if (r < 0)
             return r;
         bool is_active = (lp[0] & TIS_ACC_ACTIVE) != 0;
-        if (is_active != (l == active) || (lp[1] != TIS_IDLE && l != active))
+        /* A locality without the locality holds no data: idle or ready. */
+        if (is_active != (l == active) || (lp[1] > TIS_READY && l != active))
             return BAD("locality %d: activeLocality or state disagrees with the active one", l);
     }
     return 0;

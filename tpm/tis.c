@@ -41,12 +41,15 @@ static void sts_set(struct tis_locality *l, uint32_t bits)
     l->sts = (l->sts & TIS_STS_SELFTEST_DONE) | bits;
 }
 
-/* loc's command or response does not outlive its turn: the buffer is shared. */
+/* loc's command or response does not outlive its turn: the buffer is shared.
+ * (READY holds no data and stays, as in QEMU.) */
 static void drop_work(struct tis *t, uint8_t loc)
 {
+    t->rw_offset = 0;
+    if (t->loc[loc].state == TIS_READY)
+        return;
     t->loc[loc].state = TIS_IDLE;
     sts_set(&t->loc[loc], 0);
-    t->rw_offset = 0;
 }
 
 static void set_active(struct tis *t, uint8_t next)
@@ -141,7 +144,7 @@ static uint32_t read_sts(struct tis *t, uint8_t loc, unsigned size)
 
 static uint8_t fifo_read_byte(struct tis *t, uint8_t loc)
 {
-    if (!(t->loc[loc].sts & TIS_STS_DATA_AVAIL))
+    if (!(t->loc[loc].sts & TIS_STS_DATA_AVAIL) || t->rw_offset >= t->rsp_len)
         return 0xff;
     uint8_t b = t->buffer[t->rw_offset++];
     if (t->rw_offset >= t->rsp_len) {
@@ -407,6 +410,16 @@ static bool is_self_test(const struct tis *t)
                                    : t->ordinal == 0x50 || t->ordinal == 0x53; /* Full, Continue */
 }
 
+static void deliver(struct tis *t, uint8_t loc, const uint8_t *rsp, uint32_t len)
+{
+    t->rsp_len = len < t->buffer_size ? len : t->buffer_size;
+    memcpy(t->buffer, rsp, t->rsp_len);
+    t->rw_offset = 0;
+    t->loc[loc].state = TIS_COMPLETION;
+    sts_set(&t->loc[loc], TIS_STS_VALID | TIS_STS_DATA_AVAIL);
+    raise_irq(t, loc, TIS_INT_DATA_AVAIL | TIS_INT_STS_VALID);
+}
+
 void tis_command_done(struct tis *t, const uint8_t *rsp, uint32_t len)
 {
     pthread_mutex_lock(&t->lock);
@@ -422,14 +435,13 @@ void tis_command_done(struct tis *t, const uint8_t *rsp, uint32_t len)
     if (t->drop_response) {
         t->drop_response = false;
     } else if (t->abort_pending) {
-        finish_abort(t); /* the response goes nowhere */
+        finish_abort(t);   /* the response goes nowhere */
+    } else if (len < 10) { /* not a response: the guest gets a TPM failure */
+        static const uint8_t fail2[10] = {0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x01};
+        static const uint8_t fail1[10] = {0x00, 0xc4, 0, 0, 0, 10, 0, 0, 0x00, 0x09};
+        deliver(t, loc, t->cfg.tpm_version == 2 ? fail2 : fail1, 10);
     } else {
-        t->rsp_len = len < t->buffer_size ? len : t->buffer_size;
-        memcpy(t->buffer, rsp, t->rsp_len);
-        t->rw_offset = 0;
-        t->loc[loc].state = TIS_COMPLETION;
-        sts_set(&t->loc[loc], TIS_STS_VALID | TIS_STS_DATA_AVAIL);
-        raise_irq(t, loc, TIS_INT_DATA_AVAIL | TIS_INT_STS_VALID);
+        deliver(t, loc, rsp, len);
     }
     if (t->go_pending && VALID(t->active) && t->loc[t->active].state == TIS_RECEPTION)
         send_command(t, t->active);

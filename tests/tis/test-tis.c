@@ -469,6 +469,22 @@ static void test_writes_during_execution(void **state)
     assert_int_equal(rd(0, STS + 1, 2), 14);
 }
 
+static void test_short_response(void **state)
+{
+    (void)state;
+    be.auto_answer = false;
+    send(0, get_random, 12);
+    /* Rule: an answer shorter than a header never exposes the buffer (which
+     * still holds the command): the guest reads a TPM failure response. */
+    tis_command_done(tis, be.answer, 3);
+    uint8_t got[10];
+    for (int i = 0; i < 10; i++)
+        got[i] = (uint8_t)rd(0, FIFO, 1);
+    static const uint8_t failure[10] = {0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x01};
+    assert_memory_equal(got, failure, 10);
+    assert_int_equal(rd(0, FIFO, 1), 0xff);
+}
+
 /* ---- TPM 2.0 bits, interrupts, locality 4 ------------------------------------------------ */
 
 static void test_cancel(void **state)
@@ -653,6 +669,7 @@ int main(void)
         T2(test_seize_during_execution),
         T2(test_reset_during_execution),
         T2(test_writes_during_execution),
+        T2(test_short_response),
         T2(test_cancel),
         T1(test_no_cancel_tpm1),
         T2(test_reset_establishment),

@@ -51,6 +51,7 @@ guest_says() {
     else
         fail "$1" "no /NVTPM-$2/ on the guest's console:
 $(tail -40 "$CONSOLE" 2>/dev/null)"
+        return 1
     fi
 }
 # handover listen|pair IMG [NVTPM-ARGS...]: handover.py starts nvtpm on IMG and
@@ -120,12 +121,15 @@ guest_says "a second VM (tpm-crb) on the same image reads the same data" "NVREAD
 server_exit "nvtpm stops with it" 0
 
 # --- 3. a reboot inside one QEMU run ----------------------------------------------------------
-serve "$T/reboot.qcow2"
+serve "$T/reboot.qcow2" --log "file=$T/reboot-nvtpm.log,level=5"
 linux reboot vm-reboot
-qemu "${LX[@]}" $(tpm_chardev) $(tpm_dev)
+qemu "${LX[@]}" $(tpm_chardev) $(tpm_dev) \
+    -chardev "file,id=dbg,path=$T/reboot-seabios.log" -device isa-debugcon,iobase=0x402,chardev=dbg
 guest_says "first boot: NV written" "NVWRITE: ok"
 guest_says "first boot: PCR 8 extended" "PCR8: [0-9A-F]*[1-9A-F][0-9A-F]*$"
-guest_says "the guest rebooted inside the same QEMU" "BOOT: second"
+guest_says "the guest rebooted inside the same QEMU" "BOOT: second" ||
+    echo "  SeaBIOS: $(tail -15 "$T/reboot-seabios.log")
+  nvtpm: $(tail -12 "$T/reboot-nvtpm.log" | cut -c1-160)"
 guest_says "after the reboot the NV data is there" "NVREAD: vm-reboot$"
 guest_says "and PCR 8 is reset, as a TPM's PCRs are at a reset" "PCR8: 0{64}$"
 server_exit "nvtpm stops with QEMU" 0
