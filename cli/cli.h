@@ -44,5 +44,6 @@ int cmd_info(int argc, char **argv);
 int cmd_key(int argc, char **argv);
 int cmd_encrypt(int argc, char **argv);
 int cmd_socket(int argc, char **argv);
+int cmd_validate(int argc, char **argv);
 
 #endif

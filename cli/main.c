@@ -22,6 +22,7 @@ struct subcommand {
 /* Later subcommands (socket, validate, create, info, ...) join this table. */
 static const struct subcommand subcommands[] = {
     {"socket", "serve a TPM over swtpm's socket protocols, its state in a QCoW2 image", cmd_socket},
+    {"validate", "migration dry run: can this host load this TPM state image, now?", cmd_validate},
     {"create", "create a QCoW2 image holding an empty TPM NVRAM (--key: encrypted)", cmd_create},
     {"info", "show an image's NVRAM: TPM version, encryption, key slots, blobs, locks", cmd_info},
     {"check", "check an image's qcow2 structure and NVRAM (--repair: leaks)", cmd_check},

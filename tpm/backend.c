@@ -27,6 +27,11 @@ static struct {
     unsigned char *resp; /* libtpms' response buffer, reused */
     uint32_t resp_cap;
     uint32_t buffer_size;
+    /* While validating incoming blobs: the state libtpms loads instead of
+     * the NVRAM store's (NULL data: absent). */
+    bool incoming;
+    const uint8_t *incoming_data[NVRAM_BLOBS];
+    uint32_t incoming_len[NVRAM_BLOBS];
 } be = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static int blob_of(const char *name)
@@ -54,6 +59,13 @@ static TPM_RESULT cb_load(unsigned char **data, uint32_t *length, uint32_t tpm_n
     struct nv_error err = {0};
     if (blob < 0)
         return TPM_FAIL;
+    if (be.incoming) {
+        if (!be.incoming_data[blob] || !(*data = malloc(be.incoming_len[blob] + 1)))
+            return be.incoming_data[blob] ? TPM_FAIL : TPM_RETRY;
+        memcpy(*data, be.incoming_data[blob], be.incoming_len[blob]);
+        *length = be.incoming_len[blob];
+        return TPM_SUCCESS;
+    }
     int r = nvram_load(be.opts.nvram, (enum nvram_blob)blob, &buf, &len, &err);
     if (r == -ENOENT)
         return TPM_RETRY;
@@ -392,6 +404,34 @@ uint32_t tpm_backend_set_state(int type, const uint8_t *blob, uint32_t len)
         return TPM_CTRL_BAD_PARAMETER;
     pthread_mutex_lock(&be.lock);
     uint32_t r = be.running ? TPM_CTRL_BAD_ORDINAL : TPMLIB_SetState(st, blob, len);
+    pthread_mutex_unlock(&be.lock);
+    return r;
+}
+
+uint32_t tpm_backend_validate(void)
+{
+    pthread_mutex_lock(&be.lock);
+    uint32_t r = be.running ? TPM_CTRL_BAD_ORDINAL
+                            : TPMLIB_ValidateState(TPMLIB_STATE_PERMANENT | TPMLIB_STATE_VOLATILE |
+                                                       TPMLIB_STATE_SAVE_STATE,
+                                                   0);
+    pthread_mutex_unlock(&be.lock);
+    return r;
+}
+
+uint32_t tpm_backend_validate_blobs(const uint8_t *const data[3], const uint32_t len[3])
+{
+    pthread_mutex_lock(&be.lock);
+    be.incoming = true;
+    for (int b = 0; b < NVRAM_BLOBS; b++) {
+        be.incoming_data[b] = data[b];
+        be.incoming_len[b] = len[b];
+    }
+    uint32_t r = be.running ? TPM_CTRL_BAD_ORDINAL
+                            : TPMLIB_ValidateState(TPMLIB_STATE_PERMANENT | TPMLIB_STATE_VOLATILE |
+                                                       TPMLIB_STATE_SAVE_STATE,
+                                                   0);
+    be.incoming = false;
     pthread_mutex_unlock(&be.lock);
     return r;
 }

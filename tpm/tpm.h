@@ -74,6 +74,13 @@ uint32_t tpm_backend_store_volatile(void);
 uint32_t tpm_backend_get_state(int type, uint8_t **blob, uint32_t *len);
 /* Set a state blob for the next start (the TPM must be stopped). */
 uint32_t tpm_backend_set_state(int type, const uint8_t *blob, uint32_t len);
+/* TPMLIB_ValidateState: could libtpms start from the state the NVRAM store
+ * holds (and the blobs set with tpm_backend_set_state)? 0 if so. Reads only;
+ * the TPM must not be running. */
+uint32_t tpm_backend_validate(void);
+/* The same for incoming libtpms blobs (permanent, volatile, savestate; NULL:
+ * absent) instead of the NVRAM store's state. */
+uint32_t tpm_backend_validate_blobs(const uint8_t *const data[3], const uint32_t len[3]);
 /* TPMLIB_GetInfo's JSON (malloc'd), or NULL. */
 char *tpm_backend_info(uint64_t flags);
 
