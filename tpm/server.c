@@ -418,7 +418,9 @@ static bool serve_ctrl(struct server *s, int fd, uint8_t *req, bool *exit_now)
                            .lock_storage = cb_lock_storage,
                            .savestate_read = cb_savestate_read,
                            .log = cb_log};
+    log_bytes(s, "control request", req, (uint32_t)len);
     enum ctrl_action a = ctrl_handle(&env, req, len, passed, resp, &resp_len, &big);
+    log_bytes(s, "control response", big ? big : resp, (uint32_t)resp_len);
     int w = server_write_full(fd, big ? big : resp, resp_len);
     free(big);
     *exit_now = a == CTRL_EXIT;

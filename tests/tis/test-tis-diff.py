@@ -269,7 +269,8 @@ def main():
                              '-display', 'none', '-nodefaults',
                              '-chardev', f'socket,id=chrtpm,path={ctrl}',
                              '-tpmdev', 'emulator,id=tpm0,chardev=chrtpm',
-                             '-device', 'tpm-tis,tpmdev=tpm0'])
+                             '-device', 'tpm-tis,tpmdev=tpm0'],
+                            env={k: v for k, v in os.environ.items() if k != 'MALLOC_PERTURB_'})
     listener.settimeout(30)
     conn, _ = listener.accept()
     shell = subprocess.Popen([shell_exe, f'{tmp}/s.qcow2'], stdin=subprocess.PIPE,
