@@ -81,7 +81,6 @@ struct tis {
     struct tis_config cfg;
     struct tis_ops ops;
     void *opaque;
-    uint8_t cfg_irq_vector;
     struct tis_locality loc[TIS_LOCALITIES];
     uint8_t active;         /* the active locality, or TIS_NO_LOCALITY */
     uint8_t aborting, next; /* a pending abort: of which locality, and who is next */

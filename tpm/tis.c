@@ -173,7 +173,7 @@ static uint32_t read_register(struct tis *t, uint8_t loc, uint32_t reg, unsigned
     case TIS_REG_INT_ENABLE:
         return t->loc[loc].inte;
     case TIS_REG_INT_VECTOR:
-        return t->cfg_irq_vector;
+        return t->cfg.irq_vector;
     case TIS_REG_INT_STATUS:
         return t->loc[loc].ints;
     case TIS_REG_INTF_CAPABILITY:
@@ -487,7 +487,6 @@ struct tis *tis_new(const struct tis_config *cfg, const struct tis_ops *ops, voi
     t->buffer_size =
         cfg->buffer_size && cfg->buffer_size <= TIS_BUFFER_MAX ? cfg->buffer_size : TIS_BUFFER_MAX;
     t->cfg.buffer_size = t->buffer_size;
-    t->cfg_irq_vector = cfg->irq_vector;
     t->ops = *ops;
     t->opaque = opaque;
     reset_locked(t);
