@@ -16,7 +16,7 @@ BENCH=$B/tests/bench/bench-tpm NVTPM=$B/cli/nvtpm
 LIGHT=20000 HEAVY=2000
 for p in swtpm taskset python3; do command -v $p >/dev/null || { echo "$p is missing (./dev deps)"; exit 1; }; done
 T=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$T"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$T"' EXIT
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
