@@ -26,9 +26,16 @@ def finish():
 
 
 def free_ports(n):
-    """The first of n consecutive TCP ports that are free right now."""
+    """The first of n consecutive TCP ports that are free right now, below
+    the kernel's ephemeral range: a client's outgoing connection (tpm2-tools
+    opens one per command) can take any port in that range, and a server
+    restarted on such a port would then fail to bind."""
+    try:
+        low = int(open('/proc/sys/net/ipv4/ip_local_port_range').read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
     for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
+        base = random.randrange(10000, max(low, 10001 + n) - n)
         socks = []
         try:
             for p in range(base, base + n):
