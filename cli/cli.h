@@ -38,6 +38,17 @@ int cli_parse_size(const char *text, uint64_t *out);
 /* Parse a --key/--new-key value; returns an exit code (0 on success). */
 int cli_parse_key(const char *option, const char *spec, struct nvram_key *key);
 
+/* --cipher aes-256-gcm|aes-128-gcm; returns an exit code (0 on success). */
+int cli_parse_cipher(const char *name, enum nvram_cipher *cipher);
+
+#define CLI_DEFAULT_IMAGE_SIZE (4u << 20)
+
+/* Create the qcow2 image img (never over an existing file) and format its
+ * NVRAM with opts; *out is left open, owned. On failure the new file is
+ * removed and the exit code returned (the message printed). */
+int cli_make_image(const char *img, uint64_t size, uint32_t cluster,
+                   const struct nvram_options *opts, struct bdrv_node **out);
+
 int cmd_check(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);
@@ -45,5 +56,7 @@ int cmd_key(int argc, char **argv);
 int cmd_encrypt(int argc, char **argv);
 int cmd_socket(int argc, char **argv);
 int cmd_validate(int argc, char **argv);
+int cmd_import(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 #endif

@@ -11,8 +11,6 @@
 #include "cli.h"
 #include "nvram.h"
 
-#define DEFAULT_SIZE (4u << 20)
-
 static const char create_usage[] =
     "Usage: nvtpm create IMG [--size SIZE] [--tpm2|--tpm1.2] [--key KEY]\n"
     "                        [--cipher aes-256-gcm|aes-128-gcm] [--cluster-size N]\n"
@@ -28,7 +26,7 @@ static const char create_usage[] =
     "  --cipher NAME      aes-256-gcm (default) or aes-128-gcm\n"
     "  --cluster-size N   qcow2 cluster size, 512 to 2M (default 64k)\n";
 
-static int parse_cipher(const char *name, enum nvram_cipher *cipher)
+int cli_parse_cipher(const char *name, enum nvram_cipher *cipher)
 {
     if (strcmp(name, "aes-256-gcm") == 0)
         *cipher = NVRAM_CIPHER_AES256_GCM;
@@ -39,8 +37,8 @@ static int parse_cipher(const char *name, enum nvram_cipher *cipher)
     return 0;
 }
 
-static int create_image(const char *img, uint64_t size, uint32_t cluster,
-                        const struct nvram_options *opts)
+int cli_make_image(const char *img, uint64_t size, uint32_t cluster,
+                   const struct nvram_options *opts, struct bdrv_node **out)
 {
     struct nv_error err = {0};
     struct bdrv_create_opts co = {.size = size, .cluster_size = cluster};
@@ -49,12 +47,24 @@ static int create_image(const char *img, uint64_t size, uint32_t cluster,
         return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(r), "%s", err.msg);
     struct bdrv_node *bs = bdrv_open_format("qcow2", img, BDRV_O_RDWR | BDRV_O_OWNER, NULL, &err);
     r = bs ? nvram_format(bs, opts, &err) : err.code;
-    if (bs)
-        bdrv_close(bs);
     if (r < 0) {
+        if (bs)
+            bdrv_close(bs);
         unlink(img); /* ours, just made: nothing of anyone's is lost */
         return cli_fail(cli_exit_code(r), "%s", err.msg);
     }
+    *out = bs;
+    return CLI_EXIT_OK;
+}
+
+static int create_image(const char *img, uint64_t size, uint32_t cluster,
+                        const struct nvram_options *opts)
+{
+    struct bdrv_node *bs = NULL;
+    int code = cli_make_image(img, size, cluster, opts, &bs);
+    if (code)
+        return code;
+    bdrv_close(bs);
     printf("Created %s: TPM %s NVRAM in a %llu-byte qcow2 image, %s\n", img,
            opts->tpm_version == 2 ? "2.0" : "1.2", (unsigned long long)size,
            opts->key ? nvram_cipher_name(opts->cipher) : "not encrypted");
@@ -70,7 +80,7 @@ int cmd_create(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     struct nvram_options opts = {.tpm_version = 2, .cipher = NVRAM_CIPHER_AES256_GCM};
     struct nvram_key key;
-    uint64_t size = DEFAULT_SIZE, cluster = 0;
+    uint64_t size = CLI_DEFAULT_IMAGE_SIZE, cluster = 0;
     int c, r = 0;
     bool have_key = false;
     optind = 1;
@@ -94,7 +104,7 @@ int cmd_create(int argc, char **argv)
                 have_key = true;
             break;
         case 'c':
-            r = parse_cipher(optarg, &opts.cipher);
+            r = cli_parse_cipher(optarg, &opts.cipher);
             break;
         case 'h':
             fputs(create_usage, stdout);
@@ -183,7 +193,7 @@ static int parse_key_args(const char *cmd, int argc, char **argv, struct key_arg
             a->json = true;
             break;
         case 'c':
-            r = parse_cipher(optarg, &a->cipher);
+            r = cli_parse_cipher(optarg, &a->cipher);
             break;
         case 'h':
             fputs(usage, stdout);

@@ -136,67 +136,24 @@ static int check_slots(struct validation *v, const struct nvram_info *info)
     return record(v, "slots", 0, "%s", notes);
 }
 
-static const char *const blob_files[3][3] = {
-    {"permall", "permanent", "permall"},
-    {"volatilestate", "volatile", "volatilestate"},
-    {"savestate", "savestate", "savestate"},
-};
-
-/* One incoming blob: swtpm's file name first, then GET_STATEBLOB's. */
-static int load_blob_file(const struct options *o, int type, int tpm_version, uint8_t **data,
-                          size_t *len, char *path, size_t path_size)
-{
-    snprintf(path, path_size, "%s/%s.%s", o->blobs_dir, tpm_version == 2 ? "tpm2-00" : "tpm-00",
-             blob_files[type][0]);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(path, path_size, "%s/%s", o->blobs_dir, blob_files[type][1]);
-        f = fopen(path, "rb");
-    }
-    if (!f)
-        return -ENOENT;
-    *data = malloc(MIG_BLOB_MAX + 1);
-    *len = *data ? fread(*data, 1, MIG_BLOB_MAX + 1, f) : 0;
-    int r = !*data ? -ENOMEM : ferror(f) ? -EIO : *len > MIG_BLOB_MAX ? -EFBIG : 0;
-    fclose(f);
-    return r;
-}
-
-struct incoming {
-    uint8_t *state[3];
-    uint32_t len[3];
-};
-
 /* Read, decrypt and unwrap the blobs of --blobs DIR into in. */
 static int check_blobs(struct validation *v, const struct options *o, int tpm_version,
-                       struct incoming *in)
+                       struct mig_state *in)
 {
     struct mig_key mk = {0}, sk = {0};
     struct nv_error err = {0};
     if ((o->have_migration_key && mig_key_from(&o->migration_key, &mk, &err) < 0) ||
         (o->have_key && mig_key_from(&o->key, &sk, &err) < 0))
         return record(v, "blobs", CLI_EXIT_ERROR, "%s", err.msg);
-    int found = 0, r = 0;
-    char path[4200];
-    for (int type = 0; type < 3 && (r == 0 || r == -ENOENT); type++) {
-        uint8_t *data = NULL;
-        size_t len = 0, state_len = 0;
-        r = load_blob_file(o, type, tpm_version, &data, &len, path, sizeof(path));
-        if (r == 0)
-            r = mig_blob_unwrap(data, len, o->have_migration_key ? &mk : NULL,
-                                o->have_key ? &sk : NULL, &in->state[type], &state_len, &err);
-        else if (r != -ENOENT)
-            nv_error_set(&err, r, "%s", strerror(-r));
-        in->len[type] = (uint32_t)state_len;
-        found += r == 0;
-        free(data);
-    }
+    int r = mig_dir_read(o->blobs_dir, tpm_version, o->have_migration_key ? &mk : NULL,
+                         o->have_key ? &sk : NULL, in, &err);
     mig_key_wipe(&mk);
     mig_key_wipe(&sk);
-    if (r < 0 && r != -ENOENT)
-        return record(v, "blobs", cli_exit_code(r), "%s: %s", path, err.msg);
-    if (!found)
-        return record(v, "blobs", CLI_EXIT_USAGE, "%s holds no state blob", o->blobs_dir);
+    if (r < 0)
+        return record(v, "blobs", r == -ENOENT ? CLI_EXIT_USAGE : cli_exit_code(r), "%s", err.msg);
+    int found = 0;
+    for (int b = 0; b < NVRAM_BLOBS; b++)
+        found += in->data[b] != NULL;
     return record(v, "blobs", 0, "%d blob(s) from %s decrypt and parse", found, o->blobs_dir);
 }
 
@@ -220,16 +177,18 @@ static int check_libtpms(struct validation *v, struct bdrv_node *bs, const struc
     int r = !use_image || nv ? 0 : record(v, "libtpms", cli_exit_code(err.code), "%s", err.msg);
     if (r == 0 && tpm_backend_init(&bo, &err) < 0)
         r = record(v, "libtpms", CLI_EXIT_NOT_LOADABLE, "%s", err.msg);
-    struct incoming in = {0};
+    struct mig_state in = {0};
+    uint32_t in_len[NVRAM_BLOBS] = {0};
     if (r == 0 && o->blobs_dir)
         r = check_blobs(v, o, version, &in);
+    for (int b = 0; b < NVRAM_BLOBS; b++)
+        in_len[b] = (uint32_t)in.len[b];
     uint32_t rc = r != 0 ? 0
                   : o->blobs_dir
-                      ? tpm_backend_validate_blobs((const uint8_t *const *)in.state, in.len)
+                      ? tpm_backend_validate_blobs((const uint8_t *const *)in.data, in_len)
                       : tpm_backend_validate();
     uint32_t lv = TPMLIB_GetVersion();
-    for (int i = 0; i < 3; i++)
-        free(in.state[i]);
+    mig_state_free(&in);
     char lib[32];
     snprintf(lib, sizeof(lib), "libtpms %u.%u.%u", (lv >> 16) & 0xff, (lv >> 8) & 0xff, lv & 0xff);
     if (r == 0 && rc)

@@ -23,6 +23,10 @@ struct subcommand {
 static const struct subcommand subcommands[] = {
     {"socket", "serve a TPM over swtpm's socket protocols, its state in a QCoW2 image", cmd_socket},
     {"validate", "migration dry run: can this host load this TPM state image, now?", cmd_validate},
+    {"import", "make an image from swtpm's state folder (its files plain or encrypted)",
+     cmd_import},
+    {"export", "write an image's TPM state as swtpm's state files, for swtpm to run on",
+     cmd_export},
     {"create", "create a QCoW2 image holding an empty TPM NVRAM (--key: encrypted)", cmd_create},
     {"info", "show an image's NVRAM: TPM version, encryption, key slots, blobs, locks", cmd_info},
     {"check", "check an image's qcow2 structure and NVRAM (--repair: leaks)", cmd_check},
@@ -45,6 +49,7 @@ int cli_exit_code(int err)
     case EBUSY:
         return CLI_EXIT_BUSY;
     case EUCLEAN:
+    case EBADMSG:
     case ENOMEDIUM:
     case ENODATA:
     case ENOSPC:

@@ -9,7 +9,7 @@
 
 #define BLOB_VERSION 2u
 
-static uint8_t *put_header(uint8_t *b, uint16_t flags, size_t total)
+uint8_t *mig_put_header(uint8_t *b, uint16_t flags, size_t total)
 {
     b[0] = BLOB_VERSION;
     b[1] = 1; /* readers of version 1 can read it */
@@ -23,7 +23,7 @@ uint8_t *mig_put_tlv(uint8_t *p, uint16_t tag, const uint8_t *value, size_t len)
 {
     nv_put_be16(p, tag);
     nv_put_be32(p + 2, (uint32_t)len);
-    if (len && value)
+    if (len)
         memcpy(p + 6, value, len);
     return p + 6 + len;
 }
@@ -60,12 +60,40 @@ int mig_blob_wrap(const uint8_t *state, size_t len, const struct mig_key *migrat
     if (r == 0 && !b)
         r = nv_error_set(err, -ENOMEM, "out of memory");
     if (r == 0) {
-        memcpy(put_header(b, flags, MIG_HEADER_SIZE + sealed_len), sealed, sealed_len);
+        memcpy(mig_put_header(b, flags, MIG_HEADER_SIZE + sealed_len), sealed, sealed_len);
         *blob = b;
         *blob_len = MIG_HEADER_SIZE + sealed_len;
     }
     free(sealed);
     return r;
+}
+
+int mig_file_wrap(const uint8_t *state, size_t len, const struct mig_key *state_key, uint8_t **blob,
+                  size_t *blob_len, struct nv_error *err)
+{
+    *blob = NULL;
+    if (len > MIG_BLOB_MAX)
+        return nv_error_set(err, -EFBIG, "state blob of %zu bytes is too large", len);
+    uint8_t *body = NULL;
+    size_t body_len = 6 + len;
+    uint16_t flags = 0;
+    if (state_key) {
+        int r = mig_cbc_seal(state_key, state, len, MIG_TAG_ENCRYPTED_DATA, MIG_TAG_IVEC, &body,
+                             &body_len, err);
+        if (r < 0)
+            return r;
+        flags = MIG_FLAG_ENCRYPTED | (state_key->len == 32 ? MIG_FLAG_STATE_KEY_256 : 0);
+    } else if ((body = malloc(body_len)) != NULL) {
+        mig_put_tlv(body, MIG_TAG_DATA, state, len);
+    }
+    uint8_t *b = body ? malloc(MIG_HEADER_SIZE + body_len) : NULL;
+    if (b) {
+        memcpy(mig_put_header(b, flags, MIG_HEADER_SIZE + body_len), body, body_len);
+        *blob = b;
+        *blob_len = MIG_HEADER_SIZE + body_len;
+    }
+    free(body);
+    return b ? 0 : nv_error_set(err, -ENOMEM, "out of memory");
 }
 
 int mig_find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **value,
@@ -143,7 +171,7 @@ static int open_layer(const struct mig_key *key, const char *which, uint16_t key
     size_t plain_len = 0;
     int r = mig_cbc_open(key, *p, *plen, ct_tag, iv_tag, &plain, &plain_len, err);
     if (r < 0)
-        return nv_error_prefix(err, r, "%s key: ", which);
+        return nv_error_prefix(err, r, "%s key", which);
     layer_free(owned);
     *owned = (struct layer){plain, plain_len};
     *p = plain;

@@ -4,8 +4,16 @@
 
 #include "migration.h"
 
-/* Write a TLV (value may be NULL to leave it for the caller); returns the end. */
+/* Write a TLV; returns the end. */
 uint8_t *mig_put_tlv(uint8_t *p, uint16_t tag, const uint8_t *value, size_t len);
+
+/* Write a blob header (version 2, readable by version 1); returns the end. */
+uint8_t *mig_put_header(uint8_t *b, uint16_t flags, size_t total);
+
+/* A state file as swtpm writes one: the data TLV, or with state_key the
+ * TLVs of cbc.c (flag 0x01, and 0x08 for a 256-bit key). */
+int mig_file_wrap(const uint8_t *state, size_t len, const struct mig_key *state_key, uint8_t **blob,
+                  size_t *blob_len, struct nv_error *err);
 
 /* The first TLV with tag in [p, p+len); every length checked. */
 int mig_find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **value,

@@ -64,4 +64,35 @@ int mig_blob_unwrap(const uint8_t *blob, size_t len, const struct mig_key *migra
                     const struct mig_key *state_key, uint8_t **state, size_t *state_len,
                     struct nv_error *err);
 
+/* ---- swtpm's state folder (--tpmstate dir=D) ------------------------------- */
+
+/* A TPM's state as libtpms blobs, indexed by enum nvram_blob; data[b] NULL:
+ * that blob is absent. */
+struct mig_state {
+    int tpm_version; /* 1 (TPM 1.2) or 2 (TPM 2.0) */
+    uint8_t *data[NVRAM_BLOBS];
+    size_t len[NVRAM_BLOBS];
+    bool encrypted; /* (read) a file was encrypted with the state key */
+};
+
+/* Read dir's state files: swtpm's (tpm2-00.permall, tpm2-00.volatilestate,
+ * tpm2-00.savestate; tpm-00.* for TPM 1.2) or, where one is missing, a blob
+ * saved with GET_STATEBLOB (permanent, volatile, savestate). tpm_version 0
+ * takes the version whose files are there (TPM 2.0 when only GET_STATEBLOB's
+ * names are). Keys as for mig_blob_unwrap. -ENOENT when dir holds no state
+ * file, -EINVAL when it holds both versions' files and tpm_version is 0;
+ * messages name the file. */
+int mig_dir_read(const char *dir, int tpm_version, const struct mig_key *migration_key,
+                 const struct mig_key *state_key, struct mig_state *st, struct nv_error *err);
+
+/* Write st's blobs into the folder dir as swtpm's state files (mode 0600),
+ * encrypted with state_key unless it is NULL. Each file is written to a
+ * temporary name, synced and renamed, then the folder is synced. Refuses with
+ * -EEXIST, before writing anything, when a state file of st's version is
+ * already there; on a failure the files written so far are removed. */
+int mig_dir_write(const char *dir, const struct mig_state *st, const struct mig_key *state_key,
+                  struct nv_error *err);
+
+void mig_state_free(struct mig_state *st);
+
 #endif

@@ -408,13 +408,33 @@ uint32_t tpm_backend_set_state(int type, const uint8_t *blob, uint32_t len)
     return r;
 }
 
+static const enum TPMLIB_StateType validate_types[NVRAM_BLOBS] = {
+    TPMLIB_STATE_PERMANENT, TPMLIB_STATE_VOLATILE, TPMLIB_STATE_SAVE_STATE};
+
+/* TPMLIB_ValidateState over the blobs that exist: libtpms' TPM 1.2 code
+ * refuses a state whose volatile or saved state is absent when asked to
+ * check it, though an absent one is a valid state. */
+static uint32_t validate_present(void)
+{
+    unsigned types = 0;
+    for (int b = 0; b < NVRAM_BLOBS; b++) {
+        bool present = be.incoming_data[b] != NULL;
+        if (!be.incoming) {
+            uint8_t *buf = NULL;
+            size_t n = 0;
+            struct nv_error err = {0};
+            present = nvram_load(be.opts.nvram, (enum nvram_blob)b, &buf, &n, &err) != -ENOENT;
+            free(buf);
+        }
+        types |= present ? (unsigned)validate_types[b] : 0;
+    }
+    return TPMLIB_ValidateState((enum TPMLIB_StateType)types, 0);
+}
+
 uint32_t tpm_backend_validate(void)
 {
     pthread_mutex_lock(&be.lock);
-    uint32_t r = be.running ? TPM_CTRL_BAD_ORDINAL
-                            : TPMLIB_ValidateState(TPMLIB_STATE_PERMANENT | TPMLIB_STATE_VOLATILE |
-                                                       TPMLIB_STATE_SAVE_STATE,
-                                                   0);
+    uint32_t r = be.running ? TPM_CTRL_BAD_ORDINAL : validate_present();
     pthread_mutex_unlock(&be.lock);
     return r;
 }
@@ -427,10 +447,7 @@ uint32_t tpm_backend_validate_blobs(const uint8_t *const data[3], const uint32_t
         be.incoming_data[b] = data[b];
         be.incoming_len[b] = len[b];
     }
-    uint32_t r = be.running ? TPM_CTRL_BAD_ORDINAL
-                            : TPMLIB_ValidateState(TPMLIB_STATE_PERMANENT | TPMLIB_STATE_VOLATILE |
-                                                       TPMLIB_STATE_SAVE_STATE,
-                                                   0);
+    uint32_t r = be.running ? TPM_CTRL_BAD_ORDINAL : validate_present();
     be.incoming = false;
     pthread_mutex_unlock(&be.lock);
     return r;

@@ -7,8 +7,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <openssl/evp.h>
@@ -190,12 +192,53 @@ static void test_headers(void **state)
     expect_refusal(shorthdr, sizeof(shorthdr), NULL, NULL, -EBADMSG, "shorter than a header");
 }
 
+/* The state folder: written as swtpm's files, read back with the same key;
+ * a second write refuses to replace them; a wrong key is refused. */
+static void test_state_folder(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/test-blob-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    uint8_t perm[100], vol[7];
+    fill(perm, sizeof(perm));
+    fill(vol, sizeof(vol));
+    struct mig_state st = {.tpm_version = 2, .data = {perm, vol, NULL}, .len = {100, 7, 0}};
+    assert_int_equal(mig_dir_write(dir, &st, &key256, NULL), 0);
+    assert_int_equal(mig_dir_write(dir, &st, NULL, NULL), -EEXIST);
+    char path[64];
+    snprintf(path, sizeof(path), "%s/tpm2-00.permall", dir);
+    FILE *f = fopen(path, "rb");
+    uint8_t head[10];
+    assert_non_null(f);
+    assert_int_equal(fread(head, 1, 10, f), 10);
+    fclose(f);
+    assert_int_equal(head[5], 0x09); /* state key, 256 bits */
+    struct mig_state back;
+    assert_int_equal(mig_dir_read(dir, 0, NULL, &key128, &back, NULL), -EKEYREJECTED);
+    assert_int_equal(mig_dir_read(dir, 0, NULL, NULL, &back, NULL), -ENOKEY);
+    assert_int_equal(mig_dir_read(dir, 0, NULL, &key256, &back, NULL), 0);
+    assert_int_equal(back.tpm_version, 2);
+    assert_true(back.encrypted);
+    assert_int_equal(back.len[0], 100);
+    assert_memory_equal(back.data[0], perm, 100);
+    assert_int_equal(back.len[1], 7);
+    assert_memory_equal(back.data[1], vol, 7);
+    assert_null(back.data[2]);
+    mig_state_free(&back);
+    assert_int_equal(mig_dir_read(dir, 1, NULL, &key256, &back, NULL), -ENOENT);
+    for (const char *n = "permall\0volatilestate\0"; *n; n += strlen(n) + 1) {
+        snprintf(path, sizeof(path), "%s/tpm2-00.%s", dir, n);
+        assert_int_equal(unlink(path), 0);
+    }
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trips),    cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_plain_with_key), cmocka_unit_test(test_state_key_layer),
-        cmocka_unit_test(test_headers),
+        cmocka_unit_test(test_headers),        cmocka_unit_test(test_state_folder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,322 @@
+/* cmd-move.c - `nvtpm import` and `nvtpm export`: a TPM's state between
+ * swtpm's state folder (--tpmstate dir=D) and an nvtpm image. Everything is
+ * read and checked before anything is written; import only makes a new image
+ * and export only new files, so a failure leaves what was there. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libtpms/tpm_library.h>
+
+#include "block.h"
+#include "cli.h"
+#include "migration.h"
+#include "nvram.h"
+#include "tpm.h"
+
+static const char import_usage[] =
+    "Usage: nvtpm import IMG --from-dir DIR [--key KEY] [--new-key KEY]\n"
+    "                        [--tpm2|--tpm1.2] [--size SIZE] [--cipher NAME]\n"
+    "\n"
+    "Make a new image IMG (never over an existing file) holding the TPM state that\n"
+    "swtpm keeps in DIR (--tpmstate dir=DIR): tpm2-00.permall and, if there,\n"
+    "tpm2-00.volatilestate and tpm2-00.savestate (tpm-00.* for TPM 1.2). The files\n"
+    "are only read. libtpms on this host must accept the state.\n"
+    "\n"
+    "  --from-dir DIR     swtpm's state folder\n"
+    "  --key KEY          the key swtpm's files are encrypted with (swtpm's --key\n"
+    "                     syntax); the image is encrypted with it too, unless\n"
+    "                     --new-key is given\n"
+    "  --new-key KEY      encrypt the image with this key (see nvtpm create --help)\n"
+    "  --tpm2, --tpm1.2   which files to take when DIR holds both versions'\n"
+    "  --size SIZE        the image's virtual size, k/M/G suffixes (default 4M)\n"
+    "  --cipher NAME      aes-256-gcm (default) or aes-128-gcm\n"
+    "\n"
+    "Exit codes: 0 imported, 1 usage (IMG exists, DIR holds no state), 2 a state\n"
+    "file is damaged, 4 the files are encrypted and --key is missing, 5 --key does\n"
+    "not open them, 6 --key given for plain files (use --new-key), 8 libtpms here\n"
+    "refuses the state, 9 other errors.\n";
+
+static const char export_usage[] =
+    "Usage: nvtpm export IMG --to-dir DIR [--key KEY] [--new-key KEY]\n"
+    "\n"
+    "Write the TPM state of image IMG into DIR as swtpm's state files\n"
+    "(tpm2-00.permall, tpm2-00.volatilestate, tpm2-00.savestate; tpm-00.* for\n"
+    "TPM 1.2), so that `swtpm socket --tpmstate dir=DIR` runs on it. DIR is made\n"
+    "if missing; state files already in it are never overwritten. IMG is only\n"
+    "read, but held as its owner meanwhile: a server running on it makes export\n"
+    "fail (busy) rather than copy state that is about to change.\n"
+    "\n"
+    "  --to-dir DIR       the folder for swtpm's state files\n"
+    "  --key KEY          the key of an encrypted image; the files are encrypted\n"
+    "                     with it in swtpm's format (give swtpm the same --key),\n"
+    "                     unless --new-key is given\n"
+    "  --new-key KEY      encrypt the files with this key instead (also for a\n"
+    "                     plain image)\n"
+    "\n"
+    "Exit codes: 0 exported, 1 usage (DIR holds state files, IMG holds no state),\n"
+    "2 corrupt, 4 key missing, 5 key wrong, 6 --key given for a plain image,\n"
+    "7 busy (a server owns IMG), 9 other errors.\n";
+
+struct move_args {
+    const char *img, *dir;
+    struct nvram_key key, new_key;
+    bool have_key, have_new_key;
+    int tpm_version;
+    uint64_t size;
+    enum nvram_cipher cipher;
+};
+
+enum { O_DIR = 256, O_KEY, O_NEW_KEY, O_SIZE, O_CIPHER };
+
+static const struct option import_options[] = {{"from-dir", required_argument, NULL, O_DIR},
+                                               {"key", required_argument, NULL, O_KEY},
+                                               {"new-key", required_argument, NULL, O_NEW_KEY},
+                                               {"size", required_argument, NULL, O_SIZE},
+                                               {"cipher", required_argument, NULL, O_CIPHER},
+                                               {"tpm2", no_argument, NULL, '2'},
+                                               {"tpm1.2", no_argument, NULL, '1'},
+                                               {"help", no_argument, NULL, 'h'},
+                                               {NULL, 0, NULL, 0}};
+
+static const struct option export_options[] = {{"to-dir", required_argument, NULL, O_DIR},
+                                               {"key", required_argument, NULL, O_KEY},
+                                               {"new-key", required_argument, NULL, O_NEW_KEY},
+                                               {"help", no_argument, NULL, 'h'},
+                                               {NULL, 0, NULL, 0}};
+
+static int parse(const char *cmd, const char *usage, int argc, char **argv, struct move_args *a)
+{
+    bool import = strcmp(cmd, "import") == 0;
+    const struct option *lo = import ? import_options : export_options;
+    int c, r = 0;
+    optind = 1;
+    opterr = 0;
+    while (r == 0 && (c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        switch (c) {
+        case O_DIR:
+            a->dir = optarg;
+            break;
+        case O_KEY:
+            r = cli_parse_key("--key", optarg, &a->key);
+            a->have_key = r == 0;
+            break;
+        case O_NEW_KEY:
+            r = cli_parse_key("--new-key", optarg, &a->new_key);
+            a->have_new_key = r == 0;
+            break;
+        case O_SIZE:
+            if (cli_parse_size(optarg, &a->size) < 0 || a->size < NVRAM_MIN_DISK_SIZE)
+                r = cli_fail(CLI_EXIT_USAGE, "%s: --size %s is not a size of at least %u bytes",
+                             cmd, optarg, NVRAM_MIN_DISK_SIZE);
+            break;
+        case O_CIPHER:
+            r = cli_parse_cipher(optarg, &a->cipher);
+            break;
+        case '2':
+        case '1':
+            a->tpm_version = c - '0';
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return -1;
+        default:
+            r = cli_usage_error(cmd, argv[optind - 1]);
+        }
+    }
+    if (r == 0 && optind != argc - 1)
+        r = cli_fail(CLI_EXIT_USAGE, "%s: give exactly one image (see nvtpm %s --help)", cmd, cmd);
+    if (r == 0 && !a->dir)
+        r = cli_fail(CLI_EXIT_USAGE, "%s: --%s names swtpm's state folder", cmd,
+                     import ? "from-dir" : "to-dir");
+    a->img = r == 0 ? argv[optind] : NULL;
+    return r;
+}
+
+static void wipe_args(struct move_args *a)
+{
+    nvram_key_wipe(&a->key);
+    nvram_key_wipe(&a->new_key);
+}
+
+static const char *present_blobs(const struct mig_state *st, char *out, size_t size)
+{
+    out[0] = '\0';
+    for (int b = 0; b < NVRAM_BLOBS; b++)
+        if (st->data[b])
+            snprintf(out + strlen(out), size - strlen(out), "%s%s", out[0] ? ", " : "",
+                     nvram_blob_name(b));
+    return out;
+}
+
+/* ---- import -------------------------------------------------------------------------- */
+
+/* swtpm's files, decrypted and checked: nothing is written yet. */
+static int read_swtpm_state(const struct move_args *a, struct mig_state *st)
+{
+    struct nv_error err = {0};
+    struct mig_key sk = {0};
+    if (a->have_key && mig_key_from(&a->key, &sk, &err) < 0)
+        return cli_fail(CLI_EXIT_ERROR, "--key: %s", err.msg);
+    int r = mig_dir_read(a->dir, a->tpm_version, NULL, a->have_key ? &sk : NULL, st, &err);
+    mig_key_wipe(&sk);
+    if (r < 0)
+        return cli_fail(r == -ENOENT ? CLI_EXIT_USAGE : cli_exit_code(r), "import: %s", err.msg);
+    int code = 0;
+    if (!st->data[NVRAM_PERMALL])
+        code = cli_fail(CLI_EXIT_USAGE,
+                        "import: %s has no %s-00.permall: without its permanent state there "
+                        "is no TPM to import",
+                        a->dir, st->tpm_version == 2 ? "tpm2" : "tpm");
+    else if (a->have_key && !st->encrypted)
+        code = cli_fail(CLI_EXIT_KEY_UNNEEDED,
+                        "import: the state files in %s are not encrypted, --key is not "
+                        "needed (--new-key encrypts the image)",
+                        a->dir);
+    if (code)
+        mig_state_free(st);
+    return code;
+}
+
+/* Would libtpms on this host start from this state? */
+static int check_loadable(const struct mig_state *st, const char *dir)
+{
+    struct nv_error err = {0};
+    struct tpm_backend_options bo = {.tpm_version = st->tpm_version, .debug_fd = -1};
+    if (tpm_backend_init(&bo, &err) < 0)
+        return cli_fail(CLI_EXIT_NOT_LOADABLE, "import: %s", err.msg);
+    uint32_t len[NVRAM_BLOBS];
+    for (int b = 0; b < NVRAM_BLOBS; b++)
+        len[b] = (uint32_t)st->len[b];
+    uint32_t rc = tpm_backend_validate_blobs((const uint8_t *const *)st->data, len);
+    if (rc) {
+        uint32_t v = TPMLIB_GetVersion();
+        return cli_fail(CLI_EXIT_NOT_LOADABLE,
+                        "import: libtpms %u.%u.%u refuses the TPM %s state in %s (TPM result "
+                        "0x%x)",
+                        (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff,
+                        st->tpm_version == 2 ? "2.0" : "1.2", dir, rc);
+    }
+    return 0;
+}
+
+static int write_image(const struct move_args *a, const struct mig_state *st)
+{
+    const struct nvram_key *image_key = a->have_new_key ? &a->new_key
+                                        : st->encrypted ? &a->key
+                                                        : NULL;
+    struct nvram_options opts = {
+        .tpm_version = st->tpm_version, .key = image_key, .cipher = a->cipher};
+    struct bdrv_node *bs = NULL;
+    int code = cli_make_image(a->img, a->size, 0, &opts, &bs);
+    if (code)
+        return code;
+    struct nv_error err = {0};
+    struct nvram *nv = nvram_open(bs, &opts, &err);
+    int r = nv ? 0 : err.code;
+    for (int b = 0; b < NVRAM_BLOBS && r == 0; b++)
+        if (st->data[b])
+            r = nvram_store(nv, b, st->data[b], st->len[b], &err);
+    nvram_close(nv);
+    bdrv_close(bs);
+    if (r < 0) {
+        unlink(a->img); /* made by this command a moment ago */
+        return cli_fail(cli_exit_code(r), "import: %s", err.msg);
+    }
+    char names[64];
+    printf("Imported the TPM %s state (%s) from %s into %s, %s\n",
+           st->tpm_version == 2 ? "2.0" : "1.2", present_blobs(st, names, sizeof(names)), a->dir,
+           a->img, image_key ? nvram_cipher_name(a->cipher) : "not encrypted");
+    return CLI_EXIT_OK;
+}
+
+int cmd_import(int argc, char **argv)
+{
+    struct move_args a = {.size = CLI_DEFAULT_IMAGE_SIZE, .cipher = NVRAM_CIPHER_AES256_GCM};
+    int code = parse("import", import_usage, argc, argv, &a);
+    struct mig_state st = {0};
+    if (code == 0 && access(a.img, F_OK) == 0)
+        code = cli_fail(CLI_EXIT_USAGE, "import: %s exists; import makes a new image", a.img);
+    if (code == 0 && (code = read_swtpm_state(&a, &st)) == 0) {
+        code = check_loadable(&st, a.dir);
+        if (code == 0)
+            code = write_image(&a, &st);
+        mig_state_free(&st);
+    }
+    wipe_args(&a);
+    return code < 0 ? 0 : code;
+}
+
+/* ---- export -------------------------------------------------------------------------- */
+
+/* The image's blobs, read as its owner. */
+static int read_image_state(const struct move_args *a, struct mig_state *st, bool *encrypted)
+{
+    struct nv_error err = {0};
+    struct bdrv_node *bs = bdrv_open(a->img, BDRV_O_RDWR | BDRV_O_OWNER, NULL, &err);
+    if (!bs)
+        return cli_fail(cli_exit_code(err.code), "export: %s", err.msg);
+    struct nvram_options opts = {.key = a->have_key ? &a->key : NULL};
+    struct nvram *nv = nvram_open(bs, &opts, &err);
+    int r = nv ? nvram_load_begin(nv, &err) : err.code;
+    for (int b = 0; b < NVRAM_BLOBS && r == 0; b++) {
+        r = nvram_load(nv, b, &st->data[b], &st->len[b], &err);
+        if (r == -ENOENT)
+            r = 0;
+    }
+    if (nv && r == 0) {
+        st->tpm_version = nvram_tpm_version(nv);
+        *encrypted = nvram_is_encrypted(nv);
+        nvram_load_end(nv);
+    }
+    nvram_close(nv);
+    bdrv_close(bs);
+    if (r < 0) {
+        mig_state_free(st);
+        return cli_fail(cli_exit_code(r), "export: %s", err.msg);
+    }
+    if (!st->data[NVRAM_PERMALL]) {
+        mig_state_free(st);
+        return cli_fail(CLI_EXIT_USAGE, "export: %s holds no TPM state yet (no permanent state)",
+                        a->img);
+    }
+    return 0;
+}
+
+static int write_swtpm_state(const struct move_args *a, const struct mig_state *st, bool encrypted)
+{
+    if (mkdir(a->dir, 0700) < 0 && errno != EEXIST)
+        return cli_fail(CLI_EXIT_ERROR, "export: %s: %s", a->dir, strerror(errno));
+    const struct nvram_key *file_key = a->have_new_key ? &a->new_key : encrypted ? &a->key : NULL;
+    struct nv_error err = {0};
+    struct mig_key sk = {0};
+    int r = file_key ? mig_key_from(file_key, &sk, &err) : 0;
+    if (r == 0)
+        r = mig_dir_write(a->dir, st, file_key ? &sk : NULL, &err);
+    mig_key_wipe(&sk);
+    if (r < 0)
+        return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(r), "export: %s", err.msg);
+    char names[64];
+    printf("Exported the TPM %s state (%s) of %s to %s/%s-00.*, %s\n",
+           st->tpm_version == 2 ? "2.0" : "1.2", present_blobs(st, names, sizeof(names)), a->img,
+           a->dir, st->tpm_version == 2 ? "tpm2" : "tpm",
+           file_key ? "encrypted for swtpm's --key" : "not encrypted");
+    return CLI_EXIT_OK;
+}
+
+int cmd_export(int argc, char **argv)
+{
+    struct move_args a = {0};
+    int code = parse("export", export_usage, argc, argv, &a);
+    struct mig_state st = {0};
+    bool encrypted = false;
+    if (code == 0 && (code = read_image_state(&a, &st, &encrypted)) == 0) {
+        code = write_swtpm_state(&a, &st, encrypted);
+        mig_state_free(&st);
+    }
+    wipe_args(&a);
+    return code < 0 ? 0 : code;
+}
