@@ -2,7 +2,7 @@
 # test-import-export.sh - `nvtpm import` and `nvtpm export` against swtpm
 # itself: an NV index written under swtpm survives swtpm -> nvtpm -> swtpm;
 # plain files come back byte for byte (TPM 2.0 and 1.2); files encrypted with
-# swtpm's key (passphrase, raw 256-bit) in both directions; --new-key; and
+# swtpm's key (a passphrase both ways, a raw 256-bit key to swtpm); --new-key; and
 # the refusals: an existing image or state file, a server owning the image,
 # missing/wrong/unneeded keys, damaged files, a state libtpms refuses - each
 # with its exit code and nothing written.

@@ -3,7 +3,11 @@
 QEMUs (TCG): the guest (tests/vm/guest-init, mode migrate) writes an NV index
 and extends PCR 8 on the source, the VM migrates, and the guest, resumed on
 the destination, reads the same NV data and PCR 8. Cases: each side with its
-own image; one image on shared storage with the lock hand-off; the seed's
+own image; one image on shared storage with the lock hand-off; the same
+with the destination killed mid-migration, after the source handed the image
+over (the source resumes, takes its image back and keeps writing NV); on
+shared storage a sampler watches both servers' locks throughout: at no
+moment do both own the image, so at no moment can both write; the seed's
 case (the destination's nvtpm has a wrong key: it fails at start, the
 migration fails, the source VM keeps its working TPM, the image is
 unchanged); a VM on swtpm migrating to nvtpm, and one on nvtpm to swtpm.
@@ -16,10 +20,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from tap import check, finish  # noqa: E402
+from tap import check, finish, free_ports  # noqa: E402
 
 NVTPM, GUEST = sys.argv[1], sys.argv[2]
 T = tempfile.mkdtemp()
@@ -64,12 +69,12 @@ def start_tpm(kind, name, img, extra=()):
     return p, sock
 
 
-def start_qemu(name, ctrl, incoming=None):
+def start_qemu(name, ctrl, incoming=None, append=''):
     argv = ['qemu-system-x86_64', '-accel', 'tcg', '-m', '512', '-nodefaults', '-display', 'none',
-            '-kernel', f'{GUEST}/vmlinuz', '-initrd', f'{GUEST}/initrd.gz', '-append', KERNEL_ARGS,
+            '-kernel', f'{GUEST}/vmlinuz', '-initrd', f'{GUEST}/initrd.gz',
+            '-append', KERNEL_ARGS + append,
             '-serial', f'file:{T}/{name}.console',
-            '-serial', f'unix:{T}/{name}.ttyS1,server=on,wait=off',
-            '-monitor', f'unix:{T}/{name}.monitor,server=on,wait=off',
+                        '-monitor', f'unix:{T}/{name}.monitor,server=on,wait=off',
             '-chardev', f'socket,id=chrtpm,path={ctrl}',
             '-tpmdev', 'emulator,id=tpm0,chardev=chrtpm', '-device', 'tpm-tis,tpmdev=tpm0']
     if incoming:
@@ -105,10 +110,9 @@ def migration_status(name):
 
 
 def resume_guest(name):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(f'{T}/{name}.ttyS1')
-    s.sendall(b'go\n')
-    s.close()
+    """Let the guest go on: it waits for an NMI (guest-init says why not a
+    line on a serial port)."""
+    hmp(name, 'nmi')
 
 
 def stop(*procs):
@@ -136,6 +140,107 @@ def diagnostics(*names):
     return '\n'.join(out)
 
 
+class OwnershipWatch:
+    """Samples, every few ms, which of two TPM servers owns an image: the
+    owner holds QEMU's "write" permission lock byte (101), which is what the
+    block layer checks before any write, so "owns" is "can write". Read from
+    /proc/PID/fdinfo, independently of nvtpm's own code. A moment where both
+    own is counted only when the first is seen owning before and after the
+    second (no false alarm from a hand-off between two reads)."""
+
+    def __init__(self, img, pids):
+        self.img, self.pids = os.path.realpath(img), pids
+        self.timeline, self.both = [], []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def owns(self, pid):
+        try:
+            fds = os.listdir(f'/proc/{pid}/fd')
+        except OSError:
+            return False
+        for fd in fds:
+            try:
+                if os.readlink(f'/proc/{pid}/fd/{fd}') != self.img:
+                    continue
+                info = open(f'/proc/{pid}/fdinfo/{fd}').read()
+            except OSError:
+                continue
+            for m in re.finditer(r'^lock:.*\s(\d+)\s+(\d+|EOF)$', info, re.M):
+                end = m.group(2)
+                if int(m.group(1)) <= 101 and (end == 'EOF' or int(end) >= 101):
+                    return True
+        return False
+
+    def run(self):
+        while not self.done.is_set():
+            a = self.owns(self.pids[0])
+            b = self.owns(self.pids[1])
+            if a and b and self.owns(self.pids[0]):
+                self.both.append(time.time())
+            state = ('src' if a else '') + ('dst' if b else '') or 'none'
+            if not self.timeline or self.timeline[-1] != state:
+                self.timeline.append(state)
+            time.sleep(0.005)
+
+    def stop(self):
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        return self.timeline
+
+
+class StallingProxy:
+    """Carries the migration stream from the source to the destination but
+    holds back the destination's return path, so the source waits for the
+    destination's final word after it has sent its TPM state (and handed
+    over the image). close() then cuts both sides, as a dead host would."""
+
+    def __init__(self, listen_path, target_path):
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(listen_path)
+        self.srv.listen(1)
+        self.target_path, self.conns = target_path, []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        try:
+            src, _ = self.srv.accept()
+            dst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            dst.connect(self.target_path)
+        except OSError:
+            return
+        self.conns += [src, dst]
+        threading.Thread(target=self.pump, args=(src, dst), daemon=True).start()
+        threading.Thread(target=self.pump, args=(dst, None), daemon=True).start()
+
+    @staticmethod
+    def pump(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                if b:
+                    b.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        for c in self.conns + [self.srv]:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+
+def owner_order(timeline):
+    """The owners in order, without the moments nobody owned."""
+    return [t for t in timeline if t != 'none']
+
+
 def source_ready(name, what):
     ok = wait_for(lambda: said(name, 'READY') is not None, 120)
     check(ok and said(name, 'NVWRITE') == 'ok', f'{what}: the source guest wrote NV and extended PCR 8',
@@ -159,6 +264,7 @@ def live(what, src_kind, dst_kind, src_img, dst_img, src_extra=(), dst_extra=())
     d_tpm, d_ctrl = start_tpm(dst_kind, 'dst', dst_img, dst_extra)
     src = start_qemu('src', s_ctrl)
     dst = start_qemu('dst', d_ctrl, incoming=f'{T}/dst.mig')
+    watch = OwnershipWatch(src_img, (s_tpm.pid, d_tpm.pid)) if src_img == dst_img else None
     try:
         pcr8 = source_ready('src', what)
         status = migrate('src', 'dst', what)
@@ -177,14 +283,112 @@ def live(what, src_kind, dst_kind, src_img, dst_img, src_extra=(), dst_extra=())
         wait_for(lambda: d_tpm.poll() is not None, 30)
         check(d_tpm.returncode == 0, f'{what}: the destination TPM stops with its QEMU, status 0',
               diagnostics('dst'))
+        if watch:
+            timeline = watch.stop()
+            check(not watch.both, f'{what}: at no moment did both servers own (could write) the image',
+                  f'both at {len(watch.both)} sample(s); timeline {timeline}')
+            check(owner_order(timeline)[:2] == ['src', 'dst'],
+                  f'{what}: the source owned it, then the destination', str(timeline))
     finally:
+        if watch:
+            watch.stop()
         stop(src, dst, s_tpm, d_tpm)
     for n in ('src', 'dst'):
-        for suffix in ('console', 'ttyS1', 'monitor', 'mig', 'ctrl'):
+        for suffix in ('console', 'monitor', 'mig', 'ctrl'):
             try:
                 os.unlink(f'{T}/{n}.{suffix}')
             except FileNotFoundError:
                 pass
+
+
+def nv_on_image(img, index):
+    """What NV index holds on img, read by tpm2_nvread from a fresh nvtpm."""
+    port = free_ports(2)
+    log = open(f'{T}/reader.log', 'w')
+    p = subprocess.Popen([NVTPM, 'socket', '--tpm2', '--tpmstate', f'file={img}', '--server',
+                          f'type=tcp,port={port}', '--ctrl', f'type=tcp,port={port + 1}',
+                          '--flags', 'not-need-init,startup-clear'], stdout=log,
+                         stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(('127.0.0.1', port + 1), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        r = subprocess.run(['tpm2_nvread', index, '-C', 'o'], capture_output=True,
+                           env=dict(os.environ, TPM2TOOLS_TCTI=f'swtpm:port={port}'))
+        return r.stdout.decode(errors='replace') if r.returncode == 0 else r.stderr.decode()
+    finally:
+        stop(p)
+
+
+def shared_storage_failure():
+    """One image, the lock hand-off under way, then the destination host
+    dies: the source's migration fails, QEMU resumes the source VM and its
+    nvtpm takes the image back (LOCK_STORAGE), and the guest keeps writing NV."""
+    what = 'shared storage, destination killed'
+    img = f'{T}/fail.qcow2'
+    s_tpm, s_ctrl = start_tpm('nvtpm', 'src', img, ('--migration', 'release-lock-outgoing'))
+    d_tpm, d_ctrl = start_tpm('nvtpm', 'dst', img, ('--migration', 'incoming'))
+    src = start_qemu('src', s_ctrl, append=' nvtpm.word=after-kill')
+    dst = start_qemu('dst', d_ctrl, incoming=f'{T}/dst.mig')
+    watch = OwnershipWatch(img, (s_tpm.pid, d_tpm.pid))
+    proxy = None
+    try:
+        pcr8 = source_ready('src', what)
+        for side in ('src', 'dst'):  # the source waits for the destination's last word
+            hmp(side, 'migrate_set_capability return-path on')
+        proxy = StallingProxy(f'{T}/proxy.mig', f'{T}/dst.mig')
+        hmp('src', f'migrate -d unix:{T}/proxy.mig')
+        handed = wait_for(lambda: watch.owns(d_tpm.pid), 120)
+        status = migration_status('src')
+        check(handed and status not in ('completed', 'failed'),
+              f'{what}: mid-migration, the destination holds the image (its TPM state arrived)',
+              f'status {status}, owners {watch.timeline}' + diagnostics('src', 'dst'))
+        for p in (dst, d_tpm):  # the destination host dies
+            p.kill()
+            p.wait()
+        proxy.close()
+        wait_for(lambda: migration_status('src') in ('completed', 'failed', 'cancelled'), 60)
+        status = migration_status('src')
+        check(status == 'failed', f'{what}: the source sees the migration fail', status)
+        back = wait_for(lambda: watch.owns(s_tpm.pid), 30)
+        check(back, f"{what}: the source's nvtpm takes its image back (QEMU's LOCK_STORAGE)",
+              diagnostics('src'))
+        check('running' in hmp('src', 'info status'), f'{what}: the source VM runs again')
+        resume_guest('src')
+        ok = wait_for(lambda: said('src', 'NVREAD2', after='NVTPM-RESUMED') is not None, 60)
+        check(ok and said('src', 'NVREAD', after='NVTPM-RESUMED') == 'vm-migr8' and
+              said('src', 'PCR8', after='NVTPM-RESUMED') == pcr8,
+              f'{what}: the source guest reads its NV data and PCR 8 as before', diagnostics('src'))
+        check(said('src', 'NVWRITE2', after='NVTPM-RESUMED') == 'ok' and
+              said('src', 'NVREAD2', after='NVTPM-RESUMED') == 'after-kill',
+              f'{what}: and keeps writing NV (a new index, written and read back)',
+              diagnostics('src'))
+        wait_for(lambda: src.poll() is not None, 60)
+        wait_for(lambda: s_tpm.poll() is not None, 30)
+        check(s_tpm.returncode == 0, f'{what}: the source TPM stops with its QEMU, status 0',
+              diagnostics('src'))
+        timeline = watch.stop()
+        check(not watch.both, f'{what}: at no moment did both servers own (could write) the image',
+              f'both at {len(watch.both)} sample(s); timeline {timeline}')
+        check(owner_order(timeline)[:3] == ['src', 'dst', 'src'],
+              f'{what}: the image went source -> destination -> source', str(timeline))
+    finally:
+        watch.stop()
+        if proxy:
+            proxy.close()
+        stop(src, dst, s_tpm, d_tpm)
+    check(nv_on_image(img, '0x1500017') == 'after-kill',
+          f"{what}: what the guest wrote after the resume is on the image", open(f'{T}/reader.log').read())
+    r = validate(img)
+    check(r.returncode == 0, f'{what}: the image validates', r.stdout + r.stderr)
+    for suffix in ('src.console', 'src.monitor', 'dst.console', 'dst.monitor', 'dst.mig', 'proxy.mig', 'src.ctrl', 'dst.ctrl'):
+        try:
+            os.unlink(f'{T}/{suffix}')
+        except FileNotFoundError:
+            pass
 
 
 def validate(img, *args):
@@ -211,6 +415,7 @@ def main():
          src_extra=('--migration', 'release-lock-outgoing'), dst_extra=('--migration', 'incoming'))
     r = validate(f'{T}/shared.qcow2')
     check(r.returncode == 0, 'shared storage: the image validates afterwards', r.stdout + r.stderr)
+    shared_storage_failure()
 
     # 3. swtpm -> nvtpm and nvtpm -> swtpm: swtpm's blob format on the wire
     live('swtpm to nvtpm', 'swtpm', 'nvtpm', f'{T}/sw-src', f'{T}/c-dst.qcow2')
