@@ -188,10 +188,7 @@ static int check_loadable(const struct mig_state *st, const char *dir)
     struct tpm_backend_options bo = {.tpm_version = st->tpm_version, .debug_fd = -1};
     if (tpm_backend_init(&bo, &err) < 0)
         return cli_fail(CLI_EXIT_NOT_LOADABLE, "import: %s", err.msg);
-    uint32_t len[NVRAM_BLOBS];
-    for (int b = 0; b < NVRAM_BLOBS; b++)
-        len[b] = (uint32_t)st->len[b];
-    uint32_t rc = tpm_backend_validate_blobs((const uint8_t *const *)st->data, len);
+    uint32_t rc = tpm_backend_validate_state(st);
     if (rc) {
         uint32_t v = TPMLIB_GetVersion();
         return cli_fail(CLI_EXIT_NOT_LOADABLE,
@@ -262,12 +259,13 @@ static int read_image_state(const struct move_args *a, struct mig_state *st, boo
     struct nvram_options opts = {.key = a->have_key ? &a->key : NULL};
     struct nvram *nv = nvram_open(bs, &opts, &err);
     int r = nv ? nvram_load_begin(nv, &err) : err.code;
+    bool loading = r == 0;
     for (int b = 0; b < NVRAM_BLOBS && r == 0; b++) {
         r = nvram_load(nv, b, &st->data[b], &st->len[b], &err);
         if (r == -ENOENT)
             r = 0;
     }
-    if (nv && r == 0) {
+    if (loading) {
         st->tpm_version = nvram_tpm_version(nv);
         *encrypted = nvram_is_encrypted(nv);
         nvram_load_end(nv);

@@ -178,15 +178,11 @@ static int check_libtpms(struct validation *v, struct bdrv_node *bs, const struc
     if (r == 0 && tpm_backend_init(&bo, &err) < 0)
         r = record(v, "libtpms", CLI_EXIT_NOT_LOADABLE, "%s", err.msg);
     struct mig_state in = {0};
-    uint32_t in_len[NVRAM_BLOBS] = {0};
     if (r == 0 && o->blobs_dir)
         r = check_blobs(v, o, version, &in);
-    for (int b = 0; b < NVRAM_BLOBS; b++)
-        in_len[b] = (uint32_t)in.len[b];
-    uint32_t rc = r != 0 ? 0
-                  : o->blobs_dir
-                      ? tpm_backend_validate_blobs((const uint8_t *const *)in.data, in_len)
-                      : tpm_backend_validate();
+    uint32_t rc = r != 0         ? 0
+                  : o->blobs_dir ? tpm_backend_validate_state(&in)
+                                 : tpm_backend_validate();
     uint32_t lv = TPMLIB_GetVersion();
     mig_state_free(&in);
     char lib[32];

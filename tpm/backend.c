@@ -439,13 +439,13 @@ uint32_t tpm_backend_validate(void)
     return r;
 }
 
-uint32_t tpm_backend_validate_blobs(const uint8_t *const data[3], const uint32_t len[3])
+uint32_t tpm_backend_validate_state(const struct mig_state *state)
 {
     pthread_mutex_lock(&be.lock);
     be.incoming = true;
     for (int b = 0; b < NVRAM_BLOBS; b++) {
-        be.incoming_data[b] = data[b];
-        be.incoming_len[b] = len[b];
+        be.incoming_data[b] = state->data[b];
+        be.incoming_len[b] = (uint32_t)state->len[b];
     }
     uint32_t r = be.running ? TPM_CTRL_BAD_ORDINAL : validate_present();
     be.incoming = false;

@@ -78,9 +78,9 @@ uint32_t tpm_backend_set_state(int type, const uint8_t *blob, uint32_t len);
  * holds (and the blobs set with tpm_backend_set_state)? 0 if so. Reads only;
  * the TPM must not be running. */
 uint32_t tpm_backend_validate(void);
-/* The same for incoming libtpms blobs (permanent, volatile, savestate; NULL:
- * absent) instead of the NVRAM store's state. */
-uint32_t tpm_backend_validate_blobs(const uint8_t *const data[3], const uint32_t len[3]);
+/* The same for an incoming state (its absent blobs NULL) instead of the NVRAM
+ * store's. */
+uint32_t tpm_backend_validate_state(const struct mig_state *state);
 /* TPMLIB_GetInfo's JSON (malloc'd), or NULL. */
 char *tpm_backend_info(uint64_t flags);
 
