@@ -10,7 +10,8 @@ shared storage a sampler watches both servers' locks throughout: at no
 moment do both own the image, so at no moment can both write; the seed's
 case (the destination's nvtpm has a wrong key: it fails at start, the
 migration fails, the source VM keeps its working TPM, the image is
-unchanged); a VM on swtpm migrating to nvtpm, and one on nvtpm to swtpm.
+unchanged; the same with no key, and with a corrupt image); a VM on swtpm
+migrating to nvtpm, and one on nvtpm to swtpm.
 
 Usage: test-migrate.py NVTPM GUEST_DIR"""
 import hashlib
@@ -293,12 +294,7 @@ def live(what, src_kind, dst_kind, src_img, dst_img, src_extra=(), dst_extra=())
         if watch:
             watch.stop()
         stop(src, dst, s_tpm, d_tpm)
-    for n in ('src', 'dst'):
-        for suffix in ('console', 'monitor', 'mig', 'ctrl'):
-            try:
-                os.unlink(f'{T}/{n}.{suffix}')
-            except FileNotFoundError:
-                pass
+    clean_run_files()
 
 
 def nv_on_image(img, index):
@@ -384,11 +380,7 @@ def shared_storage_failure():
           f"{what}: what the guest wrote after the resume is on the image", open(f'{T}/reader.log').read())
     r = validate(img)
     check(r.returncode == 0, f'{what}: the image validates', r.stdout + r.stderr)
-    for suffix in ('src.console', 'src.monitor', 'dst.console', 'dst.monitor', 'dst.mig', 'proxy.mig', 'src.ctrl', 'dst.ctrl'):
-        try:
-            os.unlink(f'{T}/{suffix}')
-        except FileNotFoundError:
-            pass
+    clean_run_files()
 
 
 def validate(img, *args):
@@ -397,6 +389,55 @@ def validate(img, *args):
 
 def sha(path):
     return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+def seed_case(what, dst_img, key_args, want):
+    """The seed's case: the destination's nvtpm cannot load its image (a
+    wrong or missing key, a corrupt image). The dry run says so, the server
+    exits at start with that code, the destination QEMU cannot start, the
+    migration fails, the source VM keeps a working TPM, and the destination's
+    image is unchanged."""
+    r = validate(dst_img, *key_args)
+    check(r.returncode == want, f'{what}: the dry run on the destination says exit {want}',
+          r.stdout + r.stderr)
+    before = sha(dst_img)
+    s_tpm, s_ctrl = start_tpm('nvtpm', 'src', f'{T}/d-src.qcow2')
+    d_tpm, d_ctrl = start_tpm('nvtpm', 'dst', dst_img, key_args)
+    d_tpm.wait(timeout=30)
+    check(d_tpm.returncode == want, f"{what}: the destination's nvtpm exits {want} at start",
+          diagnostics('dst'))
+    src = start_qemu('src', s_ctrl)
+    dst = start_qemu('dst', d_ctrl, incoming=f'{T}/dst.mig')
+    try:
+        dst.wait(timeout=60)
+        check(dst.returncode != 0, f'{what}: so the destination QEMU cannot start',
+              open(f'{T}/dst.qemu.err').read())
+        pcr8 = source_ready('src', what)
+        try:
+            status = migrate('src', 'dst', what)
+        except OSError as e:
+            status = f'refused ({e})'
+        check(status != 'completed', f"{what}: the source's migration does not complete", status)
+        resume_guest('src')
+        ok = wait_for(lambda: said('src', 'PCR8', after='NVTPM-RESUMED') is not None, 60)
+        check(ok and said('src', 'NVREAD', after='NVTPM-RESUMED') == 'vm-migr8' and
+              said('src', 'PCR8', after='NVTPM-RESUMED') == pcr8,
+              f'{what}: the source VM keeps running with a working TPM (NV and PCR 8 as before)',
+              diagnostics('src'))
+    finally:
+        stop(src, dst, s_tpm)
+    check(sha(dst_img) == before, f"{what}: the destination's image is unchanged")
+    os.unlink(f'{T}/d-src.qcow2')
+    clean_run_files()
+
+
+def clean_run_files():
+    """The sockets and consoles of one run, so that the next starts afresh."""
+    for n in ('src', 'dst', 'proxy'):
+        for suffix in ('console', 'monitor', 'mig', 'ctrl'):
+            try:
+                os.unlink(f'{T}/{n}.{suffix}')
+            except FileNotFoundError:
+                pass
 
 
 def main():
@@ -421,43 +462,17 @@ def main():
     live('swtpm to nvtpm', 'swtpm', 'nvtpm', f'{T}/sw-src', f'{T}/c-dst.qcow2')
     live('nvtpm to swtpm', 'nvtpm', 'swtpm', f'{T}/c-src.qcow2', f'{T}/sw-dst')
 
-    # 4. the seed's case: the destination's key is wrong
+    # 4. the seed's case: the destination cannot load the state
     pw, wrong = f'{T}/pw', f'{T}/pw-wrong'
     open(pw, 'w').write('destination key\n')
     open(wrong, 'w').write('not the key\n')
-    dst_img = f'{T}/enc-dst.qcow2'
-    subprocess.run([NVTPM, 'create', dst_img, '--key', f'pwdfile={pw}'], check=True,
-                   capture_output=True)
-    r = validate(dst_img, '--key', f'pwdfile={wrong}')
-    check(r.returncode == 5, 'the dry run on the destination says: key wrong (exit 5)',
-          r.stdout + r.stderr)
-    before = sha(dst_img)
-    s_tpm, s_ctrl = start_tpm('nvtpm', 'src', f'{T}/d-src.qcow2')
-    d_tpm, d_ctrl = start_tpm('nvtpm', 'dst', dst_img, ('--key', f'pwdfile={wrong}'))
-    d_tpm.wait(timeout=30)
-    check(d_tpm.returncode == 5, "a wrong key: the destination's nvtpm exits 5 at start",
-          diagnostics('dst'))
-    src = start_qemu('src', s_ctrl)
-    dst = start_qemu('dst', d_ctrl, incoming=f'{T}/dst.mig')
-    try:
-        dst.wait(timeout=60)
-        check(dst.returncode != 0, 'so the destination QEMU cannot start',
-              open(f'{T}/dst.qemu.err').read())
-        pcr8 = source_ready('src', 'wrong key')
-        try:
-            status = migrate('src', 'dst', 'wrong key')
-        except OSError as e:
-            status = f'refused ({e})'
-        check(status != 'completed', "the source's migration does not complete", status)
-        resume_guest('src')
-        ok = wait_for(lambda: said('src', 'PCR8', after='NVTPM-RESUMED') is not None, 60)
-        check(ok and said('src', 'NVREAD', after='NVTPM-RESUMED') == 'vm-migr8' and
-              said('src', 'PCR8', after='NVTPM-RESUMED') == pcr8,
-              'the source VM keeps running with a working TPM (NV and PCR 8 as before)',
-              diagnostics('src'))
-    finally:
-        stop(src, dst, s_tpm)
-    check(sha(dst_img) == before, "the destination's image is unchanged")
+    enc, bad = f'{T}/enc-dst.qcow2', f'{T}/bad-dst.qcow2'
+    subprocess.run([NVTPM, 'create', enc, '--key', f'pwdfile={pw}'], check=True, capture_output=True)
+    subprocess.run([NVTPM, 'create', bad], check=True, capture_output=True)
+    subprocess.run(['qemu-io', '-c', 'write -P 0x5a 0 8k', bad], check=True, capture_output=True)
+    seed_case('wrong key', enc, ('--key', f'pwdfile={wrong}'), 5)
+    seed_case('missing key', enc, (), 4)
+    seed_case('corrupt image (both superblocks)', bad, (), 2)
     finish()
 
 
