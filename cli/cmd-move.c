@@ -24,7 +24,8 @@ static const char import_usage[] =
     "Make a new image IMG (never over an existing file) holding the TPM state that\n"
     "swtpm keeps in DIR (--tpmstate dir=DIR): tpm2-00.permall and, if there,\n"
     "tpm2-00.volatilestate and tpm2-00.savestate (tpm-00.* for TPM 1.2). The files\n"
-    "are only read. libtpms on this host must accept the state.\n"
+    "are only read; a swtpm running on DIR makes import fail (busy). libtpms on\n"
+    "this host must accept the state.\n"
     "\n"
     "  --from-dir DIR     swtpm's state folder\n"
     "  --key KEY          the key swtpm's files are encrypted with (swtpm's --key\n"
@@ -37,8 +38,8 @@ static const char import_usage[] =
     "\n"
     "Exit codes: 0 imported, 1 usage (IMG exists, DIR holds no state), 2 a state\n"
     "file is damaged, 4 the files are encrypted and --key is missing, 5 --key does\n"
-    "not open them, 6 --key given for plain files (use --new-key), 8 libtpms here\n"
-    "refuses the state, 9 other errors.\n";
+    "not open them, 6 --key given for plain files (use --new-key), 7 busy (a\n"
+    "running swtpm uses DIR), 8 libtpms here refuses the state, 9 other errors.\n";
 
 static const char export_usage[] =
     "Usage: nvtpm export IMG --to-dir DIR [--key KEY] [--new-key KEY]\n"
@@ -59,7 +60,7 @@ static const char export_usage[] =
     "\n"
     "Exit codes: 0 exported, 1 usage (DIR holds state files, IMG holds no state),\n"
     "2 corrupt, 4 key missing, 5 key wrong, 6 --key given for a plain image,\n"
-    "7 busy (a server owns IMG), 9 other errors.\n";
+    "7 busy (a server owns IMG, or a running swtpm uses DIR), 9 other errors.\n";
 
 struct move_args {
     const char *img, *dir;
@@ -159,6 +160,8 @@ static int read_swtpm_state(const struct move_args *a, struct mig_state *st)
 {
     struct nv_error err = {0};
     struct mig_key sk = {0};
+    if (mig_dir_check_unused(a->dir, &err) < 0)
+        return cli_fail(cli_exit_code(err.code), "import: %s; stop it first", err.msg);
     if (a->have_key && mig_key_from(&a->key, &sk, &err) < 0)
         return cli_fail(CLI_EXIT_ERROR, "--key: %s", err.msg);
     int r = mig_dir_read(a->dir, a->tpm_version, NULL, a->have_key ? &sk : NULL, st, &err);
@@ -291,6 +294,8 @@ static int write_swtpm_state(const struct move_args *a, const struct mig_state *
     const struct nvram_key *file_key = a->have_new_key ? &a->new_key : encrypted ? &a->key : NULL;
     struct nv_error err = {0};
     struct mig_key sk = {0};
+    if (mig_dir_check_unused(a->dir, &err) < 0)
+        return cli_fail(cli_exit_code(err.code), "export: %s; stop it first", err.msg);
     int r = file_key ? mig_key_from(file_key, &sk, &err) : 0;
     if (r == 0)
         r = mig_dir_write(a->dir, st, file_key ? &sk : NULL, &err);

@@ -95,4 +95,8 @@ int mig_dir_write(const char *dir, const struct mig_state *st, const struct mig_
 
 void mig_state_free(struct mig_state *st);
 
+/* -EBUSY when a running swtpm uses dir: it holds a lock on dir/.lock while it
+ * runs. 0 otherwise (no such file included). */
+int mig_dir_check_unused(const char *dir, struct nv_error *err);
+
 #endif

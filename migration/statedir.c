@@ -136,6 +136,27 @@ int mig_dir_read(const char *dir, int tpm_version, const struct mig_key *migrati
     return r;
 }
 
+int mig_dir_check_unused(const char *dir, struct nv_error *err)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/.lock", dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : nv_error_set(err, -errno, "%s: %s", path, strerror(errno));
+    /* Would a write lock on the whole file conflict? swtpm takes one (POSIX). */
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    int r = fcntl(fd, F_OFD_GETLK, &fl) < 0 ? -errno : 0;
+    if (r < 0)
+        nv_error_set(err, r, "%s: %s", path, strerror(-r));
+    else if (fl.l_type != F_UNLCK && fl.l_pid > 0)
+        r = nv_error_set(err, -EBUSY, "%s is in use: swtpm (pid %d) holds its .lock", dir,
+                         (int)fl.l_pid);
+    else if (fl.l_type != F_UNLCK)
+        r = nv_error_set(err, -EBUSY, "%s is in use: a process holds its .lock", dir);
+    close(fd);
+    return r;
+}
+
 void mig_state_free(struct mig_state *st)
 {
     for (int b = 0; b < NVRAM_BLOBS; b++) {

@@ -4,6 +4,7 @@
 # plain files come back byte for byte (TPM 2.0 and 1.2); files encrypted with
 # swtpm's key (a passphrase both ways, a raw 256-bit key to swtpm); --new-key; and
 # the refusals: an existing image or state file, a server owning the image,
+# a swtpm running on the folder,
 # missing/wrong/unneeded keys, damaged files, a state libtpms refuses - each
 # with its exit code and nothing written.
 # Usage: test-import-export.sh NVTPM
@@ -31,6 +32,10 @@ serve_swtpm "$T/sw1" --flags not-need-init,startup-clear
 write_index $((P + 2)) 0x1500060 under-swtpm && pass "swtpm: NV index 0x1500060 written" ||
     fail "swtpm: NV index 0x1500060 written" "$(cat "$T/tools.err")"
 swtpm_ioctl --tcp ":$((P + 3))" -v >/dev/null # its volatile state, as a file too
+expect_exit 7 "import while swtpm runs on the folder: busy (7)" -- \
+    "$NVTPM" import "$T/a.qcow2" --from-dir "$T/sw1"
+expect_output "holds its .lock" "it says swtpm holds the folder's lock"
+no_file "$T/a.qcow2" "and makes no image"
 stop_swtpm
 expect_exit 0 "import of swtpm's folder" -- "$NVTPM" import "$T/a.qcow2" --from-dir "$T/sw1"
 expect_output "TPM 2.0 state \(permall, volatilestate\)" "it names what it imported"
@@ -54,6 +59,8 @@ serve_swtpm "$T/sw2" --flags not-need-init,startup-clear
 [ "$(read_index $((P + 2)) 0x1500060)" = under-swtpm ] && [ "$(read_index $((P + 2)) 0x1500061)" = under-nvtpm ] &&
     pass "swtpm on the export reads both indices: swtpm -> nvtpm -> swtpm" ||
     fail "swtpm on the export reads both indices: swtpm -> nvtpm -> swtpm" "$(cat "$T/tools.err" "$T/swtpm.log")"
+expect_exit 7 "export into the folder of a running swtpm: busy (7)" -- \
+    "$NVTPM" export "$T/a.qcow2" --to-dir "$T/sw2"
 stop_swtpm
 
 # --- plain files come back byte for byte ---------------------------------------------------------
