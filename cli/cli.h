@@ -32,6 +32,9 @@ int cli_fail(int code, const char *fmt, ...) NV_PRINTF(2, 3);
 /* "nvtpm CMD: unknown or malformed option 'OPT'; run 'nvtpm CMD --help'", code 1. */
 int cli_usage_error(const char *cmd, const char *opt);
 
+/* The version of the libtpms this process runs on, "MAJOR.MINOR.MICRO". */
+const char *cli_libtpms_version(void);
+
 /* Sizes with k, M, G, T suffixes (powers of 1024). */
 int cli_parse_size(const char *text, uint64_t *out);
 

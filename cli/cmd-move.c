@@ -9,8 +9,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <libtpms/tpm_library.h>
-
 #include "block.h"
 #include "cli.h"
 #include "migration.h"
@@ -193,12 +191,9 @@ static int check_loadable(const struct mig_state *st, const char *dir)
         return cli_fail(CLI_EXIT_NOT_LOADABLE, "import: %s", err.msg);
     uint32_t rc = tpm_backend_validate_state(st);
     if (rc) {
-        uint32_t v = TPMLIB_GetVersion();
         return cli_fail(CLI_EXIT_NOT_LOADABLE,
-                        "import: libtpms %u.%u.%u refuses the TPM %s state in %s (TPM result "
-                        "0x%x)",
-                        (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff,
-                        st->tpm_version == 2 ? "2.0" : "1.2", dir, rc);
+                        "import: libtpms %s refuses the TPM %s state in %s (TPM result 0x%x)",
+                        cli_libtpms_version(), st->tpm_version == 2 ? "2.0" : "1.2", dir, rc);
     }
     return 0;
 }

@@ -11,8 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <libtpms/tpm_library.h>
-
 #include "block.h"
 #include "cli.h"
 #include "fdstash.h"
@@ -183,10 +181,9 @@ static int check_libtpms(struct validation *v, struct bdrv_node *bs, const struc
     uint32_t rc = r != 0         ? 0
                   : o->blobs_dir ? tpm_backend_validate_state(&in)
                                  : tpm_backend_validate();
-    uint32_t lv = TPMLIB_GetVersion();
     mig_state_free(&in);
     char lib[32];
-    snprintf(lib, sizeof(lib), "libtpms %u.%u.%u", (lv >> 16) & 0xff, (lv >> 8) & 0xff, lv & 0xff);
+    snprintf(lib, sizeof(lib), "libtpms %s", cli_libtpms_version());
     if (r == 0 && rc)
         r = record(v, "libtpms", CLI_EXIT_NOT_LOADABLE, "%s refuses the state (TPM result 0x%x)",
                    lib, rc);

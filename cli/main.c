@@ -111,11 +111,17 @@ int cli_usage_error(const char *cmd, const char *opt)
                     cmd, opt, cmd);
 }
 
+const char *cli_libtpms_version(void)
+{
+    static char text[16];
+    uint32_t v = TPMLIB_GetVersion();
+    snprintf(text, sizeof(text), "%u.%u.%u", (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff);
+    return text;
+}
+
 static void print_version(void)
 {
-    uint32_t v = TPMLIB_GetVersion();
-    printf("nvtpm %s (libtpms %u.%u.%u)\n", NVTPM_VERSION, (v >> 16) & 0xff, (v >> 8) & 0xff,
-           v & 0xff);
+    printf("nvtpm %s (libtpms %s)\n", NVTPM_VERSION, cli_libtpms_version());
 }
 
 static void print_help(void)
