@@ -1,7 +1,8 @@
 /* backend.c - the process's one libtpms instance: its NVRAM callbacks on
  * the NVRAM store, the locality callback, serialised access, and the
- * orderly-shutdown rules (TPM2_Shutdown(SU_STATE) when the guest did not,
- * volatile state stored). */
+ * volatile-state rules of swtpm 0.7 (stored on STORE_VOLATILE only, never at
+ * a stop) with TPM2_Shutdown(SU_STATE) at an orderly stop when the
+ * guest sent none. */
 #include "tpm.h"
 
 #include <errno.h>
@@ -216,14 +217,16 @@ uint32_t tpm_backend_start(bool delete_volatile)
         be.running = false;
     }
     struct nv_error err = {0};
-    if (delete_volatile && nvram_delete(be.opts.nvram, NVRAM_VOLATILESTATE, &err) < 0)
-        report("deleting the volatile state", &err);
+    /* swtpm's rule: libtpms resumes from a stored volatile state if there is
+     * one; INIT's flag 1 (QEMU's start after an incoming migration) then
+     * deletes it, so that it is used once. Without the flag it stays. */
     TPM_RESULT r = TPMLIB_MainInit();
-    /* The saved volatile state is used once: a crash later must not resume
-     * from it (swtpm 0.7 keeps it, and would). */
-    if (r == TPM_SUCCESS && !delete_volatile &&
-        nvram_delete(be.opts.nvram, NVRAM_VOLATILESTATE, &err) < 0)
-        report("deleting the used volatile state", &err);
+    if (r == TPM_SUCCESS && delete_volatile &&
+        nvram_delete(be.opts.nvram, NVRAM_VOLATILESTATE, &err) < 0) {
+        report("deleting the volatile state", &err);
+        TPMLIB_Terminate();
+        r = TPM_FAIL;
+    }
     if (r == TPM_SUCCESS) {
         be.running = true;
         be.guest_shut_down = false;
@@ -262,17 +265,17 @@ static uint32_t store_volatile_locked(void)
 uint32_t tpm_backend_stop(bool orderly)
 {
     pthread_mutex_lock(&be.lock);
-    uint32_t r = TPM_SUCCESS;
-    if (be.running && orderly) {
-        if (be.opts.tpm_version == 2 && !be.opts.disable_auto_shutdown && !be.guest_shut_down)
-            auto_shutdown();
-        r = store_volatile_locked();
-    }
+    /* No volatile state is stored at a stop (swtpm's rule): the next start is
+     * a cold boot. TPM2_Shutdown(SU_STATE) keeps the dictionary-attack
+     * counter from counting the stop as a disorderly one. */
+    if (be.running && orderly && be.opts.tpm_version == 2 && !be.opts.disable_auto_shutdown &&
+        !be.guest_shut_down)
+        auto_shutdown();
     if (be.running)
         TPMLIB_Terminate();
     be.running = false;
     pthread_mutex_unlock(&be.lock);
-    return r;
+    return TPM_SUCCESS;
 }
 
 uint32_t tpm_backend_execute(const uint8_t *cmd, uint32_t len, uint8_t locality,
@@ -379,7 +382,7 @@ uint32_t tpm_backend_get_state(int type, uint8_t **blob, uint32_t *len)
     unsigned char *buf = NULL;
     uint32_t r;
     if (st == TPMLIB_STATE_VOLATILE && be.running) {
-        r = TPMLIB_VolatileAll_Store(&buf, len); /* the live volatile state */
+        r = TPMLIB_VolatileAll_Store(&buf, len); /* the live one; not stored (swtpm 0.7) */
     } else if (be.running) {
         r = TPMLIB_GetState(st, &buf, len);
     } else {

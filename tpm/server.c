@@ -324,16 +324,17 @@ static uint32_t cb_lock_storage(void *opaque, uint32_t retries)
     }
 }
 
-/* Whether stopping may store the state: not once the image was handed to a
- * migration's destination (release-lock-outgoing; LOCK_STORAGE takes it back),
- * whose newer state an old copy must not overwrite. */
+/* Whether stopping may write the state (the automatic TPM2_Shutdown commits
+ * permall): not once the image was handed to a migration's destination
+ * (release-lock-outgoing; LOCK_STORAGE takes it back), whose newer state an
+ * old copy must not overwrite. */
 static bool stores_at_stop(const struct tpm_server_config *cfg)
 {
     if (!cfg->image || bdrv_is_owner(cfg->image) || !tpm_backend_running())
         return true;
     fprintf(stderr,
             "nvtpm: %s was handed over to a migration's destination; the TPM stops "
-            "without storing its state\n",
+            "without writing its state\n",
             bdrv_filename(cfg->image));
     return false;
 }
@@ -613,7 +614,7 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
         pthread_mutex_unlock(&s.lock);
         pthread_join(thread, NULL);
     }
-    tpm_backend_stop(stores_at_stop(cfg)); /* orderly: auto-shutdown and the volatile state */
+    tpm_backend_stop(stores_at_stop(cfg)); /* orderly: the automatic TPM2_Shutdown */
     close_sockets(&l, cfg);
     if (l.p[P_SIGNAL].fd >= 0)
         close(l.p[P_SIGNAL].fd);

@@ -47,11 +47,13 @@ struct tpm_backend_options {
 };
 
 int tpm_backend_init(const struct tpm_backend_options *opts, struct nv_error *err);
-/* Start the TPM (TPMLIB_MainInit), deleting the volatile state first if
- * asked; then the startup command if one is configured. */
+/* Start the TPM (TPMLIB_MainInit: it resumes from a stored volatile state if
+ * there is one), then delete that state if asked (INIT's flag 1), then the
+ * startup command if one is configured. */
 uint32_t tpm_backend_start(bool delete_volatile);
-/* Stop it; orderly: TPM2_Shutdown(SU_STATE) if the guest did not send one
- * (unless disabled) and the volatile state stored, before TPMLIB_Terminate. */
+/* Stop it; orderly: TPM2_Shutdown(SU_STATE) first if the guest did not send
+ * one (unless disabled). No volatile state is stored: the next start is a
+ * cold boot unless STORE_VOLATILE stored one. */
 uint32_t tpm_backend_stop(bool orderly);
 bool tpm_backend_running(void);
 int tpm_backend_version(void);
@@ -70,7 +72,8 @@ uint32_t tpm_backend_hash_data(const uint8_t *data, uint32_t len);
 uint32_t tpm_backend_hash_end(void);
 uint32_t tpm_backend_store_volatile(void);
 /* The raw libtpms blob of a state type (1 permanent, 2 volatile, 3 savestate):
- * of the running TPM, or as stored. TPM_CTRL_RETRY when it does not exist. */
+ * of the running TPM (the volatile one is not stored, as with swtpm 0.7), or
+ * as stored. TPM_CTRL_RETRY when it does not exist. */
 uint32_t tpm_backend_get_state(int type, uint8_t **blob, uint32_t *len);
 /* Set a state blob for the next start (the TPM must be stopped). */
 uint32_t tpm_backend_set_state(int type, const uint8_t *blob, uint32_t len);

@@ -5,9 +5,9 @@
 # the source's three blobs are read (the savestate blob last: the source gives
 # up the image), loaded into the destination (which takes the image) and
 # INIT resumes there: an NV index written on the source reads back. The source
-# then stops without storing over the destination's state, and a destination
+# then stops without writing over the destination's state, and a destination
 # cannot take an image its source still owns. Last, a failed migration: the
-# source takes its image back with LOCK_STORAGE and stores its state again.
+# source takes its image back with LOCK_STORAGE and writes its state again.
 # Usage: test-migration.sh NVTPM
 set -u
 . "$(dirname "$0")/../lib.sh"
@@ -60,9 +60,9 @@ export TPM2TOOLS_TCTI="swtpm:port=$((P + 2))"
 
 expect_exit 0 "the source's SHUTDOWN succeeds" -- swtpm_ioctl --tcp "$SRC_CTRL" -s
 wait "$src"
-grep -q "handed over to a migration's destination; the TPM stops without storing" "$T/src.log" \
-    && pass "the source says it stops without storing its state" \
-    || fail "the source says it stops without storing its state" "$(cat "$T/src.log")"
+grep -q "handed over to a migration's destination; the TPM stops without writing" "$T/src.log" \
+    && pass "the source says it stops without writing its state" \
+    || fail "the source says it stops without writing its state" "$(cat "$T/src.log")"
 [ "$(owner)" = "$dst" ] && pass "the destination still owns the image" || fail "the destination still owns the image"
 expect_exit 0 "SHUTDOWN on the destination" -- swtpm_ioctl --tcp "$DST_CTRL" -s
 wait "$dst"
@@ -81,8 +81,8 @@ wait "$again"
 
 # A failed migration: the source read its blobs and gave the image up, then
 # resumes. LOCK_STORAGE (swtpm_ioctl 0.7 has no --lock-storage: a raw
-# request, 0x13 with 0 retries) takes the image back, and the source stores
-# its state again when it stops.
+# request, 0x13 with 0 retries) takes the image back, and the source's next
+# NV write lands on the image.
 "$NVTPM" socket --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$P" --ctrl "type=tcp,port=$((P + 1))" \
     --migration release-lock-outgoing --flags not-need-init,startup-clear >"$T/failed.log" 2>&1 &
 src=$!
@@ -93,9 +93,18 @@ swtpm_ioctl --tcp "$SRC_CTRL" --save savestate "$T/savestate.blob" >/dev/null
 resp=$(python3 "$(dirname "$0")/ctrl.py" "tcp:$((P + 1))" 0000001300000000)
 [ "$resp" = "00000000" ] && pass "LOCK_STORAGE succeeds" || fail "LOCK_STORAGE succeeds" "$resp"
 [ "$(owner)" = "$src" ] && pass "the source owns the image again" || fail "the source owns the image again" "owner: $(owner)"
+export TPM2TOOLS_TCTI="swtpm:port=$P"
+printf 'resumed!' | tpm2_nvwrite 0x1500016 -C o -i - 2>"$T/err" && pass "the resumed source writes NV" \
+    || fail "the resumed source writes NV" "$(cat "$T/err")"
 expect_exit 0 "the source's SHUTDOWN" -- swtpm_ioctl --tcp "$SRC_CTRL" -s
 wait "$src"
-! grep -q "handed over" "$T/failed.log" && "$NVTPM" info "$IMG" | grep -Eq "^blob volatilestate +[0-9]+ bytes" \
-    && pass "the source stored its state as it stopped" \
-    || fail "the source stored its state as it stopped" "$(cat "$T/failed.log"; "$NVTPM" info "$IMG")"
+"$NVTPM" socket --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$P" --ctrl "type=tcp,port=$((P + 1))" \
+    --flags not-need-init,startup-clear >"$T/again.log" 2>&1 &
+again=$!
+wait_port "$((P + 1))"
+! grep -q "handed over" "$T/failed.log" && [ "$(tpm2_nvread 0x1500016 -C o -s 8 2>"$T/err")" = "resumed!" ] \
+    && pass "the source's write is on the image" \
+    || fail "the source's write is on the image" "$(cat "$T/failed.log" "$T/err" "$T/again.log")"
+swtpm_ioctl --tcp "$SRC_CTRL" -s >/dev/null
+wait "$again"
 finish

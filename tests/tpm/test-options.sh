@@ -102,8 +102,8 @@ if [ "$(id -u)" = 0 ]; then
     expect_exit 0 "--runas nobody: SHUTDOWN" -- swtpm_ioctl --unix "$T/ctrl-runas" -s
     wait "$pid"
     rc=$?
-    [ "$rc" = 0 ] && pass "--runas nobody: the volatile state is saved and the server exits 0" \
-        || fail "--runas nobody: the volatile state is saved and the server exits 0" "status $rc: $(cat "$T/runas.out")"
+    [ "$rc" = 0 ] && pass "--runas nobody: SHUTDOWN stops the TPM and the server exits 0" \
+        || fail "--runas nobody: SHUTDOWN stops the TPM and the server exits 0" "status $rc: $(cat "$T/runas.out")"
 else
     # Not root: dropping to another user must fail clearly, before serving
     # (exit 9: the image is open by then; docs/nvtpm-socket.md).

@@ -106,21 +106,27 @@ guest_says "and serves the next QEMU: a Linux guest sees its TPM" "DEV: /dev/tpm
 guest_says "whose PCR 0 is what SeaBIOS measured" "PCR0: ${pcr0^^}"
 server_exit "QEMU's SHUTDOWN at its exit ends nvtpm, status 0" 0
 
-# --- 2. a Linux guest: NV data across VM restarts, tpm-tis then tpm-crb ------------------------
+# --- 2. a Linux guest: two VM runs on one image, tpm-tis then tpm-crb ----------------------------
+# Each run is a cold boot (a new nvtpm, a new QEMU): SeaBIOS's PCR 0 both
+# times, PCR 8 zero at boot though the run before extended it, NV data kept.
 serve "$T/vm.qcow2"
-linux write vm-nvtpm
+linux boot vm-nvtpm
 qemu "${LX[@]}" $(tpm_chardev) $(tpm_dev tpm-tis) -no-reboot &&
     pass "QEMU (tpm-tis) exits 0 after the guest powers off" || fail "QEMU (tpm-tis) exits 0 after the guest powers off"
 guest_says "the guest sees /dev/tpm0 and /dev/tpmrm0" "DEV: /dev/tpm0 /dev/tpmrm0 $"
 guest_says "tpm_version_major is 2" "MAJOR: 2$"
-guest_says "PCR 0 in sysfs is not zero" "PCR0: [0-9A-F]*[1-9A-F][0-9A-F]*$"
-guest_says "the guest defines and writes an NV index" "NVWRITE: ok"
+guest_says "run 1: PCR 0 is what SeaBIOS measured" "PCR0: ${pcr0^^}$"
+guest_says "run 1: PCR 8 is zero at boot" "PCR8: 0{64}$"
+guest_says "run 1: the guest defines and writes an NV index" "NVWRITE: ok"
+guest_says "run 1: and extends PCR 8" "EXTENDED: [0-9A-F]*[1-9A-F][0-9A-F]*$"
 server_exit "nvtpm stops with QEMU" 0
 qemu-img check -q "$T/vm.qcow2" && pass "the image checks clean (qemu-img check)" || fail "the image checks clean (qemu-img check)"
 serve "$T/vm.qcow2"
-linux read
 qemu "${LX[@]}" $(tpm_chardev) $(tpm_dev tpm-crb) -no-reboot
-guest_says "a second VM (tpm-crb) on the same image reads the same data" "NVREAD: vm-nvtpm$"
+guest_says "run 2 (tpm-crb, same image): a cold boot, not a resume" "BOOT: again$"
+guest_says "run 2: PCR 0 is SeaBIOS's again" "PCR0: ${pcr0^^}$"
+guest_says "run 2: PCR 8 is zero at boot (reset, as at every power-on)" "PCR8: 0{64}$"
+guest_says "run 2: the NV data of run 1 is there" "NVREAD: vm-nvtpm$"
 server_exit "nvtpm stops with it" 0
 
 # --- 3. a reboot inside one QEMU run ----------------------------------------------------------
