@@ -3,6 +3,7 @@
 #ifndef NVTPM_CLI_H
 #define NVTPM_CLI_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "nvram.h"
@@ -46,11 +47,46 @@ int cli_parse_cipher(const char *name, enum nvram_cipher *cipher);
 
 #define CLI_DEFAULT_IMAGE_SIZE (4u << 20)
 
-/* Create the qcow2 image img (never over an existing file) and format its
- * NVRAM with opts; *out is left open, owned. On failure the new file is
- * removed and the exit code returned (the message printed). */
-int cli_make_image(const char *img, uint64_t size, uint32_t cluster,
+/* Create the qcow2 image img (never over an existing file; mode 0: 0600) and
+ * format its NVRAM with opts; *out is left open, owned. On failure the new
+ * file is removed and the exit code returned (the message printed). */
+int cli_make_image(const char *img, uint64_t size, uint32_t cluster, unsigned mode,
                    const struct nvram_options *opts, struct bdrv_node **out);
+
+/* An import of swtpm's state folder into a new image: `nvtpm import`, and
+ * `nvtpm socket --tpmstate dir=` on a folder that holds swtpm's files. */
+struct cli_import {
+    const char *cmd; /* the messages' prefix */
+    const char *dir, *img;
+    int tpm_version;                 /* 0: the version whose files dir holds */
+    const struct nvram_key *key;     /* swtpm's key for its files, or NULL */
+    const struct nvram_key *new_key; /* the image's, if not key's, or NULL */
+    bool key_encrypts_plain;         /* key with plain files: the image is encrypted with it
+                                      * (socket: swtpm would encrypt them) instead of exit 6 */
+    uint64_t size;
+    enum nvram_cipher cipher;
+    unsigned mode;   /* the image's file mode; 0: the default */
+    bool quiet;      /* no summary line on standard output */
+    bool dir_locked; /* the caller holds dir/.lock (socket): no check for a swtpm on it */
+};
+/* Read and check everything (lock, files, keys, libtpms) before writing;
+ * the image is written as IMG.importing and linked to IMG only once complete
+ * and durable, so IMG never exists half made. Returns an exit code, the
+ * message printed. */
+int cli_import_dir(const struct cli_import *req);
+
+/* socket-dir.c: what `--tpmstate dir=DIR` serves, decided with DIR/.lock
+ * held: the image img alone or with older swtpm files (CLI_DIR_IMAGE), swtpm's
+ * files alone (CLI_DIR_SWTPM: to import), neither (CLI_DIR_NEW). Both, with
+ * swtpm's files newer than the image, is an error naming both (exit 9). */
+enum cli_dir_state { CLI_DIR_NEW, CLI_DIR_IMAGE, CLI_DIR_SWTPM };
+struct mig_dir_files;
+int cli_dir_inspect(const char *dir, const char *img, int tpm_version, enum cli_dir_state *state,
+                    struct mig_dir_files *files);
+/* Import swtpm's files in dir into the new image img (an interrupted
+ * import's leftovers removed first); one line on log_fd says so. */
+int cli_dir_import(const char *dir, const char *img, int tpm_version, const struct nvram_key *key,
+                   unsigned mode, int log_fd);
 
 int cmd_check(int argc, char **argv);
 int cmd_create(int argc, char **argv);

@@ -3,7 +3,9 @@
  * read and checked before anything is written; import only makes a new image
  * and export only new files, so a failure leaves what was there. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -40,12 +42,12 @@ static const char import_usage[] =
     "running swtpm uses DIR), 8 libtpms here refuses the state, 9 other errors.\n";
 
 static const char export_usage[] =
-    "Usage: nvtpm export IMG --to-dir DIR [--key KEY] [--new-key KEY]\n"
+    "Usage: nvtpm export IMG --to-dir DIR [--key KEY] [--new-key KEY] [--replace]\n"
     "\n"
     "Write the TPM state of image IMG into DIR as swtpm's state files\n"
     "(tpm2-00.permall, tpm2-00.volatilestate, tpm2-00.savestate; tpm-00.* for\n"
     "TPM 1.2), so that `swtpm socket --tpmstate dir=DIR` runs on it. DIR is made\n"
-    "if missing; state files already in it are never overwritten. IMG is only\n"
+    "if missing; state files already in it are kept unless --replace. IMG is only\n"
     "read, but held as its owner meanwhile: a server running on it makes export\n"
     "fail (busy) rather than copy state that is about to change.\n"
     "\n"
@@ -55,8 +57,12 @@ static const char export_usage[] =
     "                     unless --new-key is given\n"
     "  --new-key KEY      encrypt the files with this key instead (also for a\n"
     "                     plain image)\n"
+    "  --replace          replace the state files of IMG's TPM version in DIR (the\n"
+    "                     way back to swtpm for a folder nvtpm imported: see\n"
+    "                     docs/libvirt.md); each file is replaced atomically\n"
     "\n"
-    "Exit codes: 0 exported, 1 usage (DIR holds state files, IMG holds no state),\n"
+    "Exit codes: 0 exported, 1 usage (DIR holds state files and no --replace, IMG\n"
+    "holds no state),\n"
     "2 corrupt, 4 key missing, 5 key wrong, 6 --key given for a plain image,\n"
     "7 busy (a server owns IMG, or a running swtpm uses DIR), 9 other errors.\n";
 
@@ -67,9 +73,10 @@ struct move_args {
     int tpm_version;
     uint64_t size;
     enum nvram_cipher cipher;
+    bool replace;
 };
 
-enum { O_DIR = 256, O_KEY, O_NEW_KEY, O_SIZE, O_CIPHER };
+enum { O_DIR = 256, O_KEY, O_NEW_KEY, O_SIZE, O_CIPHER, O_REPLACE };
 
 static const struct option import_options[] = {{"from-dir", required_argument, NULL, O_DIR},
                                                {"key", required_argument, NULL, O_KEY},
@@ -84,6 +91,7 @@ static const struct option import_options[] = {{"from-dir", required_argument, N
 static const struct option export_options[] = {{"to-dir", required_argument, NULL, O_DIR},
                                                {"key", required_argument, NULL, O_KEY},
                                                {"new-key", required_argument, NULL, O_NEW_KEY},
+                                               {"replace", no_argument, NULL, O_REPLACE},
                                                {"help", no_argument, NULL, 'h'},
                                                {NULL, 0, NULL, 0}};
 
@@ -114,6 +122,9 @@ static int parse(const char *cmd, const char *usage, int argc, char **argv, stru
             break;
         case O_CIPHER:
             r = cli_parse_cipher(optarg, &a->cipher);
+            break;
+        case O_REPLACE:
+            a->replace = true;
             break;
         case '2':
         case '1':
@@ -151,62 +162,78 @@ static const char *present_blobs(const struct mig_state *st, char *out, size_t s
     return out;
 }
 
-/* ---- import -------------------------------------------------------------------------- */
+/* ---- import ---------------------------------------------------------------------------- */
 
 /* swtpm's files, decrypted and checked: nothing is written yet. */
-static int read_swtpm_state(const struct move_args *a, struct mig_state *st)
+static int read_swtpm_state(const struct cli_import *req, struct mig_state *st)
 {
     struct nv_error err = {0};
     struct mig_key sk = {0};
-    if (mig_dir_check_unused(a->dir, &err) < 0)
-        return cli_fail(cli_exit_code(err.code), "import: %s; stop it first", err.msg);
-    if (a->have_key && mig_key_from(&a->key, &sk, &err) < 0)
-        return cli_fail(CLI_EXIT_ERROR, "--key: %s", err.msg);
-    int r = mig_dir_read(a->dir, a->tpm_version, NULL, a->have_key ? &sk : NULL, st, &err);
+    const char *cmd = req->cmd;
+    if (!req->dir_locked && mig_dir_check_unused(req->dir, &err) < 0)
+        return cli_fail(cli_exit_code(err.code), "%s: %s; stop it first", cmd, err.msg);
+    if (req->key && mig_key_from(req->key, &sk, &err) < 0)
+        return cli_fail(CLI_EXIT_ERROR, "%s: --key: %s", cmd, err.msg);
+    int r = mig_dir_read(req->dir, req->tpm_version, NULL, req->key ? &sk : NULL, st, &err);
     mig_key_wipe(&sk);
     if (r < 0)
-        return cli_fail(r == -ENOENT ? CLI_EXIT_USAGE : cli_exit_code(r), "import: %s", err.msg);
+        return cli_fail(r == -ENOENT ? CLI_EXIT_USAGE : cli_exit_code(r), "%s: %s", cmd, err.msg);
     int code = 0;
     if (!st->data[NVRAM_PERMALL])
         code = cli_fail(CLI_EXIT_USAGE,
-                        "import: %s has no %s-00.permall: without its permanent state there "
+                        "%s: %s has no %s-00.permall: without its permanent state there "
                         "is no TPM to import",
-                        a->dir, st->tpm_version == 2 ? "tpm2" : "tpm");
-    else if (a->have_key && !st->encrypted)
+                        cmd, req->dir, st->tpm_version == 2 ? "tpm2" : "tpm");
+    else if (req->key && !st->encrypted && !req->key_encrypts_plain)
         code = cli_fail(CLI_EXIT_KEY_UNNEEDED,
-                        "import: the state files in %s are not encrypted, --key is not "
+                        "%s: the state files in %s are not encrypted, --key is not "
                         "needed (--new-key encrypts the image)",
-                        a->dir);
+                        cmd, req->dir);
     if (code)
         mig_state_free(st);
     return code;
 }
 
 /* Would libtpms on this host start from this state? */
-static int check_loadable(const struct mig_state *st, const char *dir)
+static int check_loadable(const struct cli_import *req, const struct mig_state *st)
 {
     struct nv_error err = {0};
     struct tpm_backend_options bo = {.tpm_version = st->tpm_version, .debug_fd = -1};
     if (tpm_backend_init(&bo, &err) < 0)
-        return cli_fail(CLI_EXIT_NOT_LOADABLE, "import: %s", err.msg);
+        return cli_fail(CLI_EXIT_NOT_LOADABLE, "%s: %s", req->cmd, err.msg);
     uint32_t rc = tpm_backend_validate_state(st);
     if (rc) {
         return cli_fail(CLI_EXIT_NOT_LOADABLE,
-                        "import: libtpms %s refuses the TPM %s state in %s (TPM result 0x%x)",
-                        cli_libtpms_version(), st->tpm_version == 2 ? "2.0" : "1.2", dir, rc);
+                        "%s: libtpms %s refuses the TPM %s state in %s (TPM result 0x%x)", req->cmd,
+                        cli_libtpms_version(), st->tpm_version == 2 ? "2.0" : "1.2", req->dir, rc);
     }
     return 0;
 }
 
-static int write_image(const struct move_args *a, const struct mig_state *st)
+static int sync_parent(const char *path)
 {
-    const struct nvram_key *image_key = a->have_new_key ? &a->new_key
-                                        : st->encrypted ? &a->key
-                                                        : NULL;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int r = fd < 0 || fsync(fd) < 0 ? -errno : 0;
+    if (fd >= 0)
+        close(fd);
+    return r;
+}
+
+/* The blobs into the new image tmp, then tmp linked to the image's name. */
+static int write_image(const struct cli_import *req, const struct mig_state *st, const char *tmp)
+{
+    const struct nvram_key *image_key = req->new_key                               ? req->new_key
+                                        : st->encrypted || req->key_encrypts_plain ? req->key
+                                                                                   : NULL;
     struct nvram_options opts = {
-        .tpm_version = st->tpm_version, .key = image_key, .cipher = a->cipher};
+        .tpm_version = st->tpm_version, .key = image_key, .cipher = req->cipher};
     struct bdrv_node *bs = NULL;
-    int code = cli_make_image(a->img, a->size, 0, &opts, &bs);
+    int code = cli_make_image(tmp, req->size, 0, req->mode, &opts, &bs);
     if (code)
         return code;
     struct nv_error err = {0};
@@ -217,29 +244,60 @@ static int write_image(const struct move_args *a, const struct mig_state *st)
             r = nvram_store(nv, b, st->data[b], st->len[b], &err);
     nvram_close(nv);
     bdrv_close(bs);
-    if (r < 0) {
-        unlink(a->img); /* made by this command a moment ago */
-        return cli_fail(cli_exit_code(r), "import: %s", err.msg);
-    }
+    if (r == 0 && link(tmp, req->img) < 0)
+        r = nv_error_set(&err, -errno, "%s: %s", req->img, strerror(errno));
+    unlink(tmp); /* made by this command a moment ago */
+    if (r == 0 && (r = sync_parent(req->img)) < 0)
+        nv_error_set(&err, r, "%s: syncing its folder: %s", req->img, strerror(-r));
+    if (r < 0)
+        return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(r), "%s: %s", req->cmd,
+                        err.msg);
     char names[64];
-    printf("Imported the TPM %s state (%s) from %s into %s, %s\n",
-           st->tpm_version == 2 ? "2.0" : "1.2", present_blobs(st, names, sizeof(names)), a->dir,
-           a->img, image_key ? nvram_cipher_name(a->cipher) : "not encrypted");
+    if (!req->quiet)
+        printf("Imported the TPM %s state (%s) from %s into %s, %s\n",
+               st->tpm_version == 2 ? "2.0" : "1.2", present_blobs(st, names, sizeof(names)),
+               req->dir, req->img, image_key ? nvram_cipher_name(req->cipher) : "not encrypted");
     return CLI_EXIT_OK;
+}
+
+int cli_import_dir(const struct cli_import *req)
+{
+    struct mig_state st = {0};
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof(tmp), "%s.importing", req->img) >= (int)sizeof(tmp))
+        return cli_fail(CLI_EXIT_USAGE, "%s: %s: the name is too long", req->cmd, req->img);
+    if (access(req->img, F_OK) == 0)
+        return cli_fail(CLI_EXIT_USAGE, "%s: %s exists; import makes a new image", req->cmd,
+                        req->img);
+    if (access(tmp, F_OK) == 0)
+        return cli_fail(CLI_EXIT_BUSY,
+                        "%s: %s exists: another import into %s is running, or one was "
+                        "interrupted (then remove it)",
+                        req->cmd, tmp, req->img);
+    int code = read_swtpm_state(req, &st);
+    if (code == 0) {
+        code = check_loadable(req, &st);
+        if (code == 0)
+            code = write_image(req, &st, tmp);
+        mig_state_free(&st);
+    }
+    return code;
 }
 
 int cmd_import(int argc, char **argv)
 {
     struct move_args a = {.size = CLI_DEFAULT_IMAGE_SIZE, .cipher = NVRAM_CIPHER_AES256_GCM};
     int code = parse("import", import_usage, argc, argv, &a);
-    struct mig_state st = {0};
-    if (code == 0 && access(a.img, F_OK) == 0)
-        code = cli_fail(CLI_EXIT_USAGE, "import: %s exists; import makes a new image", a.img);
-    if (code == 0 && (code = read_swtpm_state(&a, &st)) == 0) {
-        code = check_loadable(&st, a.dir);
-        if (code == 0)
-            code = write_image(&a, &st);
-        mig_state_free(&st);
+    if (code == 0) {
+        struct cli_import req = {.cmd = "import",
+                                 .dir = a.dir,
+                                 .img = a.img,
+                                 .tpm_version = a.tpm_version,
+                                 .key = a.have_key ? &a.key : NULL,
+                                 .new_key = a.have_new_key ? &a.new_key : NULL,
+                                 .size = a.size,
+                                 .cipher = a.cipher};
+        code = cli_import_dir(&req);
     }
     wipe_args(&a);
     return code < 0 ? 0 : code;
@@ -293,14 +351,16 @@ static int write_swtpm_state(const struct move_args *a, const struct mig_state *
         return cli_fail(cli_exit_code(err.code), "export: %s; stop it first", err.msg);
     int r = file_key ? mig_key_from(file_key, &sk, &err) : 0;
     if (r == 0)
-        r = mig_dir_write(a->dir, st, file_key ? &sk : NULL, &err);
+        r = mig_dir_write(a->dir, st, file_key ? &sk : NULL, a->replace, &err);
     mig_key_wipe(&sk);
+    if (r == -EEXIST)
+        return cli_fail(CLI_EXIT_USAGE, "export: %s (--replace replaces them)", err.msg);
     if (r < 0)
-        return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(r), "export: %s", err.msg);
+        return cli_fail(cli_exit_code(r), "export: %s", err.msg);
     char names[64];
-    printf("Exported the TPM %s state (%s) of %s to %s/%s-00.*, %s\n",
+    printf("Exported the TPM %s state (%s) of %s to %s/%s-00.*%s, %s\n",
            st->tpm_version == 2 ? "2.0" : "1.2", present_blobs(st, names, sizeof(names)), a->img,
-           a->dir, st->tpm_version == 2 ? "tpm2" : "tpm",
+           a->dir, st->tpm_version == 2 ? "tpm2" : "tpm", a->replace ? " (replaced)" : "",
            file_key ? "encrypted for swtpm's --key" : "not encrypted");
     return CLI_EXIT_OK;
 }

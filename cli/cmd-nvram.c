@@ -37,11 +37,11 @@ int cli_parse_cipher(const char *name, enum nvram_cipher *cipher)
     return 0;
 }
 
-int cli_make_image(const char *img, uint64_t size, uint32_t cluster,
+int cli_make_image(const char *img, uint64_t size, uint32_t cluster, unsigned mode,
                    const struct nvram_options *opts, struct bdrv_node **out)
 {
     struct nv_error err = {0};
-    struct bdrv_create_opts co = {.size = size, .cluster_size = cluster};
+    struct bdrv_create_opts co = {.size = size, .cluster_size = cluster, .mode = mode};
     int r = bdrv_create("qcow2", img, &co, &err);
     if (r < 0)
         return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(r), "%s", err.msg);
@@ -61,7 +61,7 @@ static int create_image(const char *img, uint64_t size, uint32_t cluster,
                         const struct nvram_options *opts)
 {
     struct bdrv_node *bs = NULL;
-    int code = cli_make_image(img, size, cluster, opts, &bs);
+    int code = cli_make_image(img, size, cluster, 0, opts, &bs);
     if (code)
         return code;
     bdrv_close(bs);

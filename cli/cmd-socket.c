@@ -25,6 +25,7 @@
 struct socket_opts {
     int tpm_version;
     const char *state_path; /* the image */
+    const char *state_dir;  /* --tpmstate dir=: the folder, or NULL */
     int state_fd;           /* --tpmstate fd=N, or -1 */
     unsigned state_mode;
     struct tpm_server_config server;
@@ -42,6 +43,13 @@ struct socket_opts {
     char state_buf[4096];
     char *copies[32]; /* option values are parsed in copies: argv stays as typed */
     int ncopies;
+    /* while serving */
+    int dir_lock_fd;              /* DIR/.lock, held as swtpm holds it */
+    enum cli_dir_state dir_state; /* what dir= holds */
+    struct fdstash stash;
+    struct bdrv_node *bs;
+    struct nvram *nv;
+    int start_code; /* the exit code of a start that failed after the sockets opened */
 };
 
 static char *copy_arg(struct socket_opts *o, const char *arg)
@@ -212,7 +220,8 @@ static int parse_tpmstate(char *text, struct socket_opts *o)
     if (!!dir + !!file + (o->state_fd >= 0) != 1)
         return cli_fail(CLI_EXIT_USAGE, "socket: --tpmstate needs one of dir=, file=, "
                                         "backend-uri= or fd=");
-    if (dir) /* an image named for the TPM version, for tools that pass a folder */
+    o->state_dir = dir;
+    if (dir) /* the image, beside where swtpm keeps its files (socket-dir.c) */
         snprintf(o->state_buf, sizeof(o->state_buf), "%s/%s", dir, "tpm-00.qcow2");
     else if (file)
         snprintf(o->state_buf, sizeof(o->state_buf), "%s", file);
@@ -317,7 +326,7 @@ static const char socket_usage[] =
     "5 wrong key, 6 key given for a plain image, 7 the image is in use, 8 the image holds\n"
     "the other TPM version's state, 9 other errors. See docs/nvtpm-socket.md.\n";
 
-static int print_capabilities(void)
+static int print_capabilities(int tpm_version)
 {
     static const char *const features[] = {"tpm-1.2",
                                            "tpm-2.0",
@@ -331,13 +340,15 @@ static int print_capabilities(void)
                                            "cmdarg-migration",
                                            "nvram-backend-dir",
                                            "nvram-backend-file",
-                                           "rsa-keysize-1024",
-                                           "rsa-keysize-2048",
-                                           "rsa-keysize-3072",
                                            NULL};
+    /* libtpms' TPM 2 RSA key sizes; swtpm lists them with --tpm2 only */
+    static const char *const tpm2_features[] = {"rsa-keysize-1024", "rsa-keysize-2048",
+                                                "rsa-keysize-3072", NULL};
     json_object *o = json_object_new_object(), *a = json_object_new_array();
     json_object_object_add(o, "type", json_object_new_string("swtpm"));
     for (const char *const *f = features; *f; f++)
+        json_object_array_add(a, json_object_new_string(*f));
+    for (const char *const *f = tpm2_features; tpm_version == 2 && *f; f++)
         json_object_array_add(a, json_object_new_string(*f));
     json_object_object_add(o, "features", a);
     json_object_object_add(o, "version", json_object_new_string(NVTPM_VERSION));
@@ -346,32 +357,54 @@ static int print_capabilities(void)
     return 0;
 }
 
-static int print_states(const char *spec)
+/* swtpm's text exactly (tools compare it): no spaces inside the entries, no
+ * newline at the end. */
+static void print_state_list(const long long sizes[NVRAM_BLOBS])
 {
+    printf("{ \"type\": \"swtpm\", \"states\": [");
+    const char *sep = " ";
+    for (int b = 0; b < NVRAM_BLOBS; b++) {
+        if (sizes[b] < 0)
+            continue;
+        printf("%s{\"name\": \"%s\", \"size\": %lld}", sep, nvram_blob_name(b), sizes[b]);
+        sep = ", ";
+    }
+    printf("%s] }", sep[0] == ',' ? " " : "");
+    fflush(stdout);
+}
+
+/* The blobs of the TPM the server would serve: the image's, or for dir=
+ * holding only swtpm's files, those files'. */
+static int print_states(const struct socket_opts *o)
+{
+    long long sizes[NVRAM_BLOBS] = {-1, -1, -1};
+    if (o->state_dir) {
+        enum cli_dir_state ds;
+        struct mig_dir_files files;
+        int code = cli_dir_inspect(o->state_dir, o->state_path, o->tpm_version, &ds, &files);
+        if (code)
+            return code;
+        for (int b = 0; b < NVRAM_BLOBS && ds == CLI_DIR_SWTPM; b++)
+            sizes[b] = files.present & (1u << b) ? files.size[b] : -1;
+        if (ds != CLI_DIR_IMAGE) {
+            print_state_list(sizes);
+            return 0;
+        }
+    }
     struct nv_error err = {0};
     struct nvram_info info;
-    struct bdrv_node *bs = bdrv_open(spec, 0, NULL, &err);
+    struct bdrv_node *bs = bdrv_open(o->state_path, 0, NULL, &err);
     int r = bs ? nvram_inspect(bs, NULL, 0, &info, &err) : err.code;
     if (bs)
         bdrv_close(bs);
-    if (r == -ENOENT || r == -ENODATA)
-        memset(&info, 0, sizeof(info));
-    else if (r < 0)
+    if (r < 0 && r != -ENOENT && r != -ENODATA)
         return cli_fail(cli_exit_code(r), "%s", err.msg);
-    json_object *o = json_object_new_object(), *a = json_object_new_array();
-    json_object_object_add(o, "type", json_object_new_string("swtpm"));
     for (int b = 0; r == 0 && b < NVRAM_BLOBS; b++) {
         int cur = info.blobs[b].current;
-        if (cur < 0 || info.blobs[b].slot[cur].deleted)
-            continue;
-        json_object *s = json_object_new_object();
-        json_object_object_add(s, "name", json_object_new_string(nvram_blob_name(b)));
-        json_object_object_add(s, "size", json_object_new_int64(info.blobs[b].slot[cur].length));
-        json_object_array_add(a, s);
+        if (cur >= 0 && !info.blobs[b].slot[cur].deleted)
+            sizes[b] = info.blobs[b].slot[cur].length;
     }
-    json_object_object_add(o, "states", a);
-    printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_SPACED));
-    json_object_put(o);
+    print_state_list(sizes);
     return 0;
 }
 
@@ -442,9 +475,45 @@ static int write_pid(struct socket_opts *o, struct nv_error *err)
     return r < 0 ? nv_error_set(err, r, "--pid: cannot write the pid") : 0;
 }
 
+/* The TPM, once the sockets listen (libvirt waits 1 s for them; deriving an
+ * encrypted image's key takes longer): swtpm's files imported if dir= holds
+ * them alone, the image opened if it was not, the NVRAM and its key, libtpms.
+ * Returns an exit code; the message is printed. */
+static int start_tpm(struct socket_opts *o)
+{
+    struct nv_error err = {0};
+    int code = 0;
+    unsigned mode = o->state_mode ? o->state_mode : 0640;
+    if (o->dir_state == CLI_DIR_SWTPM &&
+        (code = cli_dir_import(o->state_dir, o->state_path, o->tpm_version,
+                               o->have_key ? &o->key : NULL, mode, o->log_fd)) != 0)
+        return code;
+    if (!o->bs && !(o->bs = open_state(o, &o->stash, &code)))
+        return code;
+    struct nvram_options no = {.tpm_version = o->tpm_version,
+                               .format_blank = bdrv_is_owner(o->bs),
+                               .key = o->have_key ? &o->key : NULL,
+                               .no_sync = o->no_sync};
+    if (!(o->nv = nvram_open(o->bs, &no, &err)))
+        return cli_fail(cli_exit_code(err.code), "%s", err.msg);
+    o->backend.tpm_version = o->tpm_version;
+    o->backend.nvram = o->nv;
+    o->backend.debug_level = o->log_level;
+    o->backend.debug_fd = o->log_fd;
+    if (tpm_backend_init(&o->backend, &err) < 0)
+        return cli_fail(CLI_EXIT_NOT_LOADABLE, "%s", err.msg);
+    if (o->not_need_init && tpm_backend_start(false) != 0)
+        return cli_fail(CLI_EXIT_NOT_LOADABLE, "%s: libtpms could not start the TPM from it",
+                        bdrv_filename(o->bs));
+    o->server.image = o->bs;
+    return 0;
+}
+
 static int ready(void *opaque, struct nv_error *err)
 {
     struct socket_opts *o = opaque;
+    if ((o->start_code = start_tpm(o)) != 0)
+        return nv_error_set(err, -ECANCELED, "the TPM did not start");
     if (o->daemon && daemon(1, 0) < 0) /* the child keeps every descriptor, locks included */
         return nv_error_set(err, -errno, "--daemon: %s", strerror(errno));
     if ((o->pid_file || o->pid_fd >= 0) && write_pid(o, err) < 0)
@@ -628,34 +697,28 @@ static int derive_blob_keys(struct socket_opts *o)
     return 0;
 }
 
-/* Open the image and its NVRAM, check the key, start libtpms, serve. */
+/* dir=: take the folder's lock as swtpm does and decide what it serves. */
+static int prepare_dir(struct socket_opts *o)
+{
+    struct nv_error err = {0};
+    struct mig_dir_files files;
+    if (mig_dir_lock(o->state_dir, o->state_mode ? o->state_mode : 0640, &o->dir_lock_fd, &err) < 0)
+        return cli_fail(err.code == -EBUSY ? CLI_EXIT_BUSY : CLI_EXIT_ERROR, "%s", err.msg);
+    return cli_dir_inspect(o->state_dir, o->state_path, o->tpm_version, &o->dir_state, &files);
+}
+
+/* Hold the state's locks (a second server is refused before it makes a
+ * socket), open the sockets, start the TPM (start_tpm, through ready), serve. */
 static int serve(struct socket_opts *o)
 {
-    struct fdstash stash;
     struct nv_error err = {0};
     int code = 0;
-    fdstash_init(&stash);
-    struct bdrv_node *bs = open_state(o, &stash, &code);
-    struct nvram_options no = {.tpm_version = o->tpm_version,
-                               .format_blank = bs && bdrv_is_owner(bs),
-                               .key = o->have_key ? &o->key : NULL,
-                               .no_sync = o->no_sync};
-    struct nvram *nv = bs ? nvram_open(bs, &no, &err) : NULL;
-    if (bs && !nv)
-        code = cli_fail(cli_exit_code(err.code), "%s", err.msg);
-    if (nv) {
-        o->backend.tpm_version = o->tpm_version;
-        o->backend.nvram = nv;
-        o->backend.debug_level = o->log_level;
-        o->backend.debug_fd = o->log_fd;
-        if (tpm_backend_init(&o->backend, &err) < 0)
-            code = cli_fail(CLI_EXIT_NOT_LOADABLE, "%s", err.msg);
-        else if (o->not_need_init && tpm_backend_start(false) != 0)
-            code = cli_fail(CLI_EXIT_NOT_LOADABLE, "%s: libtpms could not start the TPM from it",
-                            bdrv_filename(bs));
-    }
-    if (nv && code == 0) {
-        o->server.image = bs;
+    fdstash_init(&o->stash);
+    if (o->state_dir)
+        code = prepare_dir(o);
+    if (code == 0 && o->dir_state != CLI_DIR_SWTPM)
+        o->bs = open_state(o, &o->stash, &code);
+    if (code == 0) {
         o->server.file_key = o->have_key;
         o->server.state_key = o->have_key ? &o->key_aes : NULL;
         o->server.migration_key = o->have_migration_key ? &o->migration_key_aes : NULL;
@@ -664,24 +727,27 @@ static int serve(struct socket_opts *o)
         o->server.ready = ready;
         o->server.ready_opaque = o;
         if (tpm_server_run(&o->server, &err) < 0)
-            code = cli_fail(cli_exit_code(err.code), "%s", err.msg);
+            code = o->start_code ? o->start_code : cli_fail(cli_exit_code(err.code), "%s", err.msg);
     }
-    nvram_close(nv);
-    if (bs)
-        bdrv_close(bs);
-    fdstash_cleanup(&stash);
+    nvram_close(o->nv);
+    if (o->bs)
+        bdrv_close(o->bs);
+    fdstash_cleanup(&o->stash);
+    if (o->dir_lock_fd >= 0)
+        close(o->dir_lock_fd);
     return code;
 }
 
 int cmd_socket(int argc, char **argv)
 {
-    struct socket_opts o = {.tpm_version = 1, .state_fd = -1, .pid_fd = -1, .log_fd = 2};
+    struct socket_opts o = {
+        .tpm_version = 1, .state_fd = -1, .pid_fd = -1, .log_fd = 2, .dir_lock_fd = -1};
     o.server.data.fd = o.server.ctrl.fd = -1;
     int r = parse_args(argc, argv, &o);
     if (r == 0 && o.print_caps)
-        r = print_capabilities();
+        r = print_capabilities(o.tpm_version);
     else if (r == 0 && o.print_states)
-        r = o.state_path ? print_states(o.state_path)
+        r = o.state_path ? print_states(&o)
                          : cli_fail(CLI_EXIT_USAGE, "socket: --print-states needs file= or dir=");
     else if (r == 0 && (r = derive_blob_keys(&o)) == 0 && (r = open_log(&o)) == 0)
         r = serve(&o);

@@ -150,8 +150,37 @@ static void print_help(void)
            "qemu-img check's codes (1 error, 2 corruption, 3 leaks). See nvtpm(1).\n");
 }
 
+/* Run as "swtpm" (the compatibility directory's link, docs/libvirt.md): swtpm's
+ * command line, of which nvtpm serves `swtpm socket`. */
+static int main_as_swtpm(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : "";
+    if (strcmp(cmd, "socket") == 0)
+        return cmd_socket(argc - 1, argv + 1);
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-v") == 0) {
+        printf("nvtpm %s (libtpms %s), serving as swtpm\n", NVTPM_VERSION, cli_libtpms_version());
+        return 0;
+    }
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        printf("Usage: swtpm socket [OPTIONS]\n"
+               "\n"
+               "This is nvtpm standing in for swtpm: `swtpm socket` runs `nvtpm socket`,\n"
+               "which takes swtpm's options and keeps the TPM's state in a QCoW2 image\n"
+               "(with --tpmstate dir=DIR: DIR/tpm-00.qcow2; swtpm's files found there are\n"
+               "imported). Run 'swtpm socket --help' for the options, see docs/libvirt.md.\n");
+        return 0;
+    }
+    return cli_fail(EXIT_USAGE,
+                    "swtpm %s: this swtpm is nvtpm, which serves `swtpm socket` only (not "
+                    "chardev or cuse); run 'swtpm --help'",
+                    cmd);
+}
+
 int main(int argc, char **argv)
 {
+    const char *slash = argc > 0 ? strrchr(argv[0], '/') : NULL;
+    if (argc > 0 && strcmp(slash ? slash + 1 : argv[0], "swtpm") == 0)
+        return main_as_swtpm(argc, argv);
     if (argc < 2) {
         fprintf(stderr, "nvtpm: no command given; run 'nvtpm --help'\n");
         return EXIT_USAGE;

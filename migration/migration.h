@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "nvram.h"
 #include "util.h"
@@ -87,11 +88,34 @@ int mig_dir_read(const char *dir, int tpm_version, const struct mig_key *migrati
 
 /* Write st's blobs into the folder dir as swtpm's state files (mode 0600),
  * encrypted with state_key unless it is NULL. Each file is written to a
- * temporary name, synced and renamed, then the folder is synced. Refuses with
- * -EEXIST, before writing anything, when a state file of st's version is
- * already there; on a failure the files written so far are removed. */
+ * temporary name, synced and renamed, then the folder is synced. Without
+ * replace it refuses with -EEXIST, before writing anything, when a state file
+ * of st's version is already there, and on a failure removes the files it
+ * wrote. With replace, st's version's files are replaced, those st lacks
+ * removed, in an order that leaves a consistent state at every crash: the
+ * old volatile and saved state go first, then the new permall, then the
+ * rest. */
 int mig_dir_write(const char *dir, const struct mig_state *st, const struct mig_key *state_key,
+                  bool replace, struct nv_error *err);
+
+/* swtpm's own state files of one TPM version in dir (tpm2-00.permall,
+ * .volatilestate, .savestate; tpm-00.* for TPM 1.2). */
+struct mig_dir_files {
+    unsigned present;            /* bit (1 << blob) per file there */
+    long long size[NVRAM_BLOBS]; /* each file's size */
+    struct timespec newest;      /* the latest modification time among them */
+};
+/* What is there (present 0: none); an error only when dir cannot be read. */
+int mig_dir_files(const char *dir, int tpm_version, struct mig_dir_files *out,
                   struct nv_error *err);
+/* swtpm's file name of a blob: "tpm2-00.permall" and so on. */
+const char *mig_dir_file_name(int tpm_version, int blob, char *out, size_t size);
+
+/* Take dir/.lock as swtpm does (a write lock on the whole file, which is made
+ * with mode if missing), so that swtpm and nvtpm never serve one folder at
+ * once. An open-file-description lock: it stays with *fd across fork
+ * (--daemon) until *fd is closed. -EBUSY, naming the holder, when it is held. */
+int mig_dir_lock(const char *dir, unsigned mode, int *fd, struct nv_error *err);
 
 void mig_state_free(struct mig_state *st);
 

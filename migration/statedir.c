@@ -2,7 +2,8 @@
  * each a blob in swtpm's format, plain or encrypted with the state key.
  * Reading is for `nvtpm import` and `nvtpm validate --blobs`; writing, for
  * `nvtpm export`, is crash-safe per file (temporary name, fsync, rename, fsync
- * of the folder) and never replaces a state file that is already there. */
+ * of the folder) and replaces state files only when asked. The folder's
+ * .lock is taken as swtpm takes it, for `nvtpm socket --tpmstate dir=`. */
 #include "internal.h"
 
 #include <errno.h>
@@ -136,6 +137,8 @@ int mig_dir_read(const char *dir, int tpm_version, const struct mig_key *migrati
     return r;
 }
 
+static int lock_holder_error(const char *dir, const struct flock *fl, struct nv_error *err);
+
 int mig_dir_check_unused(const char *dir, struct nv_error *err)
 {
     char path[PATH_MAX];
@@ -148,12 +151,69 @@ int mig_dir_check_unused(const char *dir, struct nv_error *err)
     int r = fcntl(fd, F_OFD_GETLK, &fl) < 0 ? -errno : 0;
     if (r < 0)
         nv_error_set(err, r, "%s: %s", path, strerror(-r));
-    else if (fl.l_type != F_UNLCK && fl.l_pid > 0)
-        r = nv_error_set(err, -EBUSY, "%s is in use: swtpm (pid %d) holds its .lock", dir,
-                         (int)fl.l_pid);
     else if (fl.l_type != F_UNLCK)
-        r = nv_error_set(err, -EBUSY, "%s is in use: a process holds its .lock", dir);
+        r = lock_holder_error(dir, &fl, err);
     close(fd);
+    return r;
+}
+
+const char *mig_dir_file_name(int tpm_version, int blob, char *out, size_t size)
+{
+    snprintf(out, size, "%s.%s", tpm_version == 2 ? "tpm2-00" : "tpm-00", swtpm_suffix[blob]);
+    return out;
+}
+
+int mig_dir_files(const char *dir, int tpm_version, struct mig_dir_files *out, struct nv_error *err)
+{
+    *out = (struct mig_dir_files){0};
+    char path[PATH_MAX];
+    for (int b = 0; b < NVRAM_BLOBS; b++) {
+        struct stat st;
+        swtpm_path(path, sizeof(path), dir, tpm_version, b);
+        if (lstat(path, &st) < 0) {
+            if (errno == ENOENT)
+                continue;
+            return nv_error_set(err, -errno, "%s: %s", path, strerror(errno));
+        }
+        out->present |= 1u << b;
+        out->size[b] = (long long)st.st_size;
+        if (st.st_mtim.tv_sec > out->newest.tv_sec ||
+            (st.st_mtim.tv_sec == out->newest.tv_sec && st.st_mtim.tv_nsec > out->newest.tv_nsec))
+            out->newest = st.st_mtim;
+    }
+    return 0;
+}
+
+/* Who holds a lock that conflicts with fl (F_OFD_GETLK's answer). */
+static int lock_holder_error(const char *dir, const struct flock *fl, struct nv_error *err)
+{
+    if (fl->l_pid > 0)
+        return nv_error_set(err, -EBUSY,
+                            "%s is in use: process %d (swtpm, or an nvtpm) holds its .lock", dir,
+                            (int)fl->l_pid);
+    return nv_error_set(err, -EBUSY, "%s is in use: a process holds its .lock", dir);
+}
+
+int mig_dir_lock(const char *dir, unsigned mode, int *fd, struct nv_error *err)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/.lock", dir);
+    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (*fd < 0)
+        return nv_error_set(err, -errno, "%s: %s", path, strerror(errno));
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    if (fcntl(*fd, F_OFD_SETLK, &fl) == 0)
+        return 0;
+    int r = -errno;
+    if (r == -EAGAIN || r == -EACCES) {
+        fl = (struct flock){.l_type = F_WRLCK, .l_whence = SEEK_SET};
+        r = fcntl(*fd, F_OFD_GETLK, &fl) == 0 ? lock_holder_error(dir, &fl, err)
+                                              : nv_error_set(err, -EBUSY, "%s: locked", path);
+    } else {
+        nv_error_set(err, r, "%s: %s", path, strerror(-r));
+    }
+    close(*fd);
+    *fd = -1;
     return r;
 }
 
@@ -182,8 +242,10 @@ static int write_all(int fd, const uint8_t *p, size_t len)
     return 0;
 }
 
-/* One state file: a temporary name in the same folder, synced, renamed. */
-static int write_one(const char *path, const uint8_t *blob, size_t len, struct nv_error *err)
+/* One state file: a temporary name in the same folder, synced, then linked
+ * to path (a file that appeared meanwhile stays) or, to replace, renamed. */
+static int write_one(const char *path, const uint8_t *blob, size_t len, bool replace,
+                     struct nv_error *err)
 {
     char tmp[PATH_MAX + 16];
     snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
@@ -195,10 +257,10 @@ static int write_one(const char *path, const uint8_t *blob, size_t len, struct n
         r = -errno;
     if (close(fd) < 0 && r == 0)
         r = -errno;
-    /* link+unlink, not rename: a state file that appeared meanwhile stays */
-    if (r == 0 && link(tmp, path) < 0)
+    if (r == 0 && (replace ? rename(tmp, path) : link(tmp, path)) < 0)
         r = -errno;
-    unlink(tmp);
+    if (!replace || r < 0)
+        unlink(tmp);
     return r < 0 ? nv_error_set(err, r, "%s: %s", path, strerror(-r)) : 0;
 }
 
@@ -211,8 +273,32 @@ static int sync_dir(const char *dir, struct nv_error *err)
     return r < 0 ? nv_error_set(err, r, "%s: %s", dir, strerror(-r)) : 0;
 }
 
-int mig_dir_write(const char *dir, const struct mig_state *st, const struct mig_key *state_key,
-                  struct nv_error *err)
+/* Replace st's version's files: the volatile and saved state (old ones
+ * removed, so they never pair with the new permall), then the permall, then
+ * the new volatile and saved state. */
+static int replace_files(const char *dir, const struct mig_state *st,
+                         uint8_t *const blob[NVRAM_BLOBS], const size_t blob_len[NVRAM_BLOBS],
+                         struct nv_error *err)
+{
+    char path[PATH_MAX];
+    for (int b = NVRAM_PERMALL + 1; b < NVRAM_BLOBS; b++) {
+        swtpm_path(path, sizeof(path), dir, st->tpm_version, b);
+        if (unlink(path) < 0 && errno != ENOENT)
+            return nv_error_set(err, -errno, "%s: %s", path, strerror(errno));
+    }
+    int r = sync_dir(dir, err);
+    for (int b = 0; b < NVRAM_BLOBS && r == 0; b++) {
+        if (!blob[b])
+            continue;
+        swtpm_path(path, sizeof(path), dir, st->tpm_version, b);
+        r = write_one(path, blob[b], blob_len[b], true, err);
+    }
+    return r == 0 ? sync_dir(dir, err) : r;
+}
+
+/* New files only: none of st's version may be there; undone on a failure. */
+static int add_files(const char *dir, const struct mig_state *st, uint8_t *const blob[NVRAM_BLOBS],
+                     const size_t blob_len[NVRAM_BLOBS], struct nv_error *err)
 {
     char path[PATH_MAX];
     for (int b = 0; b < NVRAM_BLOBS; b++) {
@@ -223,16 +309,10 @@ int mig_dir_write(const char *dir, const struct mig_state *st, const struct mig_
     bool written[NVRAM_BLOBS] = {false};
     int r = 0;
     for (int b = 0; b < NVRAM_BLOBS && r == 0; b++) {
-        if (!st->data[b])
-            continue;
-        uint8_t *blob = NULL;
-        size_t blob_len = 0;
         swtpm_path(path, sizeof(path), dir, st->tpm_version, b);
-        r = mig_file_wrap(st->data[b], st->len[b], state_key, &blob, &blob_len, err);
-        if (r == 0)
-            r = write_one(path, blob, blob_len, err);
-        written[b] = r == 0;
-        free(blob);
+        if (blob[b])
+            r = write_one(path, blob[b], blob_len[b], false, err);
+        written[b] = blob[b] && r == 0;
     }
     if (r == 0)
         r = sync_dir(dir, err);
@@ -241,5 +321,22 @@ int mig_dir_write(const char *dir, const struct mig_state *st, const struct mig_
         if (written[b])
             unlink(path);
     }
+    return r;
+}
+
+int mig_dir_write(const char *dir, const struct mig_state *st, const struct mig_key *state_key,
+                  bool replace, struct nv_error *err)
+{
+    uint8_t *blob[NVRAM_BLOBS] = {NULL};
+    size_t blob_len[NVRAM_BLOBS] = {0};
+    int r = 0;
+    for (int b = 0; b < NVRAM_BLOBS && r == 0; b++)
+        if (st->data[b])
+            r = mig_file_wrap(st->data[b], st->len[b], state_key, &blob[b], &blob_len[b], err);
+    if (r == 0)
+        r = replace ? replace_files(dir, st, blob, blob_len, err)
+                    : add_files(dir, st, blob, blob_len, err);
+    for (int b = 0; b < NVRAM_BLOBS; b++)
+        free(blob[b]);
     return r;
 }

@@ -44,30 +44,39 @@ static int listen_tcp(const struct tpm_channel_config *c, const char *what, stru
     return fd;
 }
 
+/* The socket is made listening under a temporary name and renamed into
+ * place: whoever sees the file (libvirt polls for it) can connect at once,
+ * where a bind before listen would leave a moment of "connection refused".
+ * The rename also replaces a stale socket of an earlier run. */
 static int listen_unix(const struct tpm_channel_config *c, const char *what, struct nv_error *err)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(c->path) >= sizeof(sa.sun_path))
         return nv_error_set(err, -ENAMETOOLONG, "%s: socket path %s is too long", what, c->path);
-    strcpy(sa.sun_path, c->path);
     struct stat st;
-    if (lstat(c->path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode))
-            return nv_error_set(err, -EEXIST, "%s: %s exists and is not a socket", what, c->path);
-        unlink(c->path); /* a stale socket of an earlier run */
+    if (lstat(c->path, &st) == 0 && !S_ISSOCK(st.st_mode))
+        return nv_error_set(err, -EEXIST, "%s: %s exists and is not a socket", what, c->path);
+    bool renamed = snprintf(sa.sun_path, sizeof(sa.sun_path), "%s.%d", c->path, (int)getpid()) <
+                   (int)sizeof(sa.sun_path);
+    if (!renamed) { /* no room for a temporary name: bind in place */
+        strcpy(sa.sun_path, c->path);
+        unlink(c->path);
     }
+    unlink(sa.sun_path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int r = fd < 0 ? -errno : 0;
     if (r == 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
         r = -errno;
     if (r == 0 &&
-        (chmod(c->path, c->mode ? c->mode : 0600) < 0 ||
-         ((c->uid >= 0 || c->gid >= 0) && chown(c->path, (uid_t)c->uid, (gid_t)c->gid) < 0) ||
-         listen(fd, 8) < 0))
+        (chmod(sa.sun_path, c->mode ? c->mode : 0600) < 0 ||
+         ((c->uid >= 0 || c->gid >= 0) && chown(sa.sun_path, (uid_t)c->uid, (gid_t)c->gid) < 0) ||
+         listen(fd, 8) < 0 || (renamed && rename(sa.sun_path, c->path) < 0)))
         r = -errno;
     if (r < 0) {
-        if (fd >= 0)
+        if (fd >= 0) {
             close(fd);
+            unlink(sa.sun_path);
+        }
         return nv_error_set(err, r, "%s: cannot listen on %s: %s", what, c->path, strerror(-r));
     }
     return fd;

@@ -244,7 +244,9 @@ static void test_locality4_hash(void **state)
 static void test_state_persists(void **state)
 {
     (void)state;
-    struct driver d = {.locality = 1, .width = 1};
+    /* A new device is a power-on (a cold boot: no volatile state is kept), and
+     * TPM2_Startup is only taken at locality 0 or 3. */
+    struct driver d = {.locality = 0, .width = 1};
     static const uint8_t startup[12] = {0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0};
     /* NV_DefineSpace of index 0x01500100 (8 bytes, owner read/write), empty auth. */
     static const uint8_t define[] = {0x80, 0x02, 0,    0, 0,    45, 0,    0,    0x01, 0x2a, 0x40, 0,
@@ -258,6 +260,7 @@ static void test_state_persists(void **state)
     dev = tis_new_libtpms(&cfg, image, NULL, on_irq, NULL, &err);
     assert_non_null(dev);
     transmit(&d, startup, sizeof(startup), rsp);
+    assert_int_equal(rc_of(rsp), 0);
     transmit(&d, define, sizeof(define), rsp);
     assert_int_equal(rc_of(rsp), 0);
     /* Rule: the device's state lives in the image: a new device on it has the index. */
@@ -265,6 +268,7 @@ static void test_state_persists(void **state)
     dev = tis_new_libtpms(&cfg, image, NULL, on_irq, NULL, &err);
     assert_non_null(dev);
     transmit(&d, startup, sizeof(startup), rsp);
+    assert_int_equal(rc_of(rsp), 0);
     transmit(&d, define, sizeof(define), rsp);
     assert_int_equal(rc_of(rsp), 0x14c); /* TPM_RC_NV_DEFINED */
 }

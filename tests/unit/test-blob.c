@@ -203,8 +203,8 @@ static void test_state_folder(void **state)
     fill(perm, sizeof(perm));
     fill(vol, sizeof(vol));
     struct mig_state st = {.tpm_version = 2, .data = {perm, vol, NULL}, .len = {100, 7, 0}};
-    assert_int_equal(mig_dir_write(dir, &st, &key256, NULL), 0);
-    assert_int_equal(mig_dir_write(dir, &st, NULL, NULL), -EEXIST);
+    assert_int_equal(mig_dir_write(dir, &st, &key256, false, NULL), 0);
+    assert_int_equal(mig_dir_write(dir, &st, NULL, false, NULL), -EEXIST);
     char path[64];
     snprintf(path, sizeof(path), "%s/tpm2-00.permall", dir);
     FILE *f = fopen(path, "rb");

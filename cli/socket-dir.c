@@ -1,0 +1,102 @@
+/* socket-dir.c - `nvtpm socket --tpmstate dir=DIR`: a folder that swtpm and
+ * nvtpm may both have served. nvtpm's state is the image DIR/tpm-00.qcow2;
+ * swtpm's, its files DIR/tpm2-00.permall and so on. Which one is the TPM is
+ * decided here, never guessed: the image alone, swtpm's files alone (then
+ * they are imported into a new image), neither (a new TPM), or both, which is
+ * an error when swtpm wrote its files after the image was last written. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "migration.h"
+
+static bool later(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec > b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec > b->tv_nsec);
+}
+
+static const char *when(const struct timespec *t, char *out, size_t size)
+{
+    struct tm tm;
+    time_t s = t->tv_sec;
+    strftime(out, size, "%Y-%m-%d %H:%M:%S", localtime_r(&s, &tm));
+    return out;
+}
+
+/* The names of the files present, "tpm2-00.permall, tpm2-00.volatilestate". */
+static const char *file_names(int tpm_version, unsigned present, char *out, size_t size)
+{
+    char name[32];
+    out[0] = '\0';
+    for (int b = 0; b < NVRAM_BLOBS; b++)
+        if (present & (1u << b))
+            snprintf(out + strlen(out), size - strlen(out), "%s%s", out[0] ? ", " : "",
+                     mig_dir_file_name(tpm_version, b, name, sizeof(name)));
+    return out;
+}
+
+int cli_dir_inspect(const char *dir, const char *img, int tpm_version, enum cli_dir_state *state,
+                    struct mig_dir_files *files)
+{
+    struct nv_error err = {0};
+    if (mig_dir_files(dir, tpm_version, files, &err) < 0)
+        return cli_fail(CLI_EXIT_ERROR, "%s", err.msg);
+    struct stat st;
+    bool have_image = stat(img, &st) == 0;
+    if (!have_image && errno != ENOENT)
+        return cli_fail(CLI_EXIT_ERROR, "%s: %s", img, strerror(errno));
+    if (!files->present) {
+        *state = have_image ? CLI_DIR_IMAGE : CLI_DIR_NEW;
+        return 0;
+    }
+    if (!have_image) {
+        *state = CLI_DIR_SWTPM;
+        return 0;
+    }
+    if (!later(&files->newest, &st.st_mtim)) { /* the files an import left behind */
+        *state = CLI_DIR_IMAGE;
+        return 0;
+    }
+    char names[128], t1[32], t2[32];
+    return cli_fail(CLI_EXIT_ERROR,
+                    "%s holds two TPM states: nvtpm's image %s (last written %s) and swtpm's "
+                    "%s (written later, %s), so swtpm ran on this folder since; to serve "
+                    "swtpm's state move the image away (its files are then imported), to "
+                    "serve the image move swtpm's files away (docs/libvirt.md)",
+                    dir, img, when(&st.st_mtim, t1, sizeof(t1)),
+                    file_names(tpm_version, files->present, names, sizeof(names)),
+                    when(&files->newest, t2, sizeof(t2)));
+}
+
+int cli_dir_import(const char *dir, const char *img, int tpm_version, const struct nvram_key *key,
+                   unsigned mode, int log_fd)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s.importing", img);
+    /* The folder's lock is held: an .importing file is an interrupted import's. */
+    if (unlink(tmp) == 0)
+        dprintf(log_fd, "nvtpm: removed %s, left by an interrupted import\n", tmp);
+    struct cli_import req = {.cmd = "socket",
+                             .dir = dir,
+                             .img = img,
+                             .tpm_version = tpm_version,
+                             .key = key,
+                             .key_encrypts_plain = true,
+                             .size = CLI_DEFAULT_IMAGE_SIZE,
+                             .cipher = NVRAM_CIPHER_AES256_GCM,
+                             .mode = mode,
+                             .quiet = true,
+                             .dir_locked = true};
+    int code = cli_import_dir(&req);
+    if (code == 0)
+        dprintf(log_fd,
+                "nvtpm: imported swtpm's TPM %s state from %s into %s%s; swtpm's files "
+                "are left as they were\n",
+                tpm_version == 2 ? "2.0" : "1.2", dir, img, key ? ", encrypted" : "");
+    return code;
+}
