@@ -116,6 +116,33 @@ done
 echo
 echo "(ratio: swtpm's time over nvtpm's, so above 1 is nvtpm faster)"
 echo
+# The control socket as libvirt waits for it (1 s at most), on existing state,
+# plain and encrypted with a passphrase (libvirt's --key pwdfd=...): the time
+# to the socket, and to the first answer (GET_CAPABILITY) on it.
+printf 'benchmark passphrase' >"$T/pw"
+rm -rf "$T/sw-plain" "$T/sw-enc" && mkdir "$T/sw-plain" "$T/sw-enc"
+"$NVTPM" create --tpm2 "$T/plain.qcow2" >/dev/null
+"$NVTPM" create --tpm2 --key "pwdfile=$T/pw" "$T/enc.qcow2" >/dev/null
+for d in plain enc; do # swtpm's existing state: one run that makes it
+    k=(); [ $d = enc ] && k=(--key "pwdfile=$T/pw")
+    swtpm socket --tpm2 --tpmstate "dir=$T/sw-$d" --flags not-need-init,startup-clear "${k[@]}" \
+        --server "type=tcp,port=$PORT" >/dev/null 2>&1 &
+    SRV=$!
+    "$BENCH" wait "tcp:$PORT"
+    stop
+done
+tts() { python3 "$(dirname "$0")/time-to-socket.py" 9 "$@"; }
+echo "| control socket, as libvirt waits       | nvtpm ms  | swtpm ms  | ratio   |"
+echo "|----------------------------------------|-----------|-----------|---------|"
+for d in plain enc; do
+    k=(); [ $d = enc ] && k=(--key "pwdfile=$T/pw")
+    read -r nv_sock nv_answer < <(tts "$NVTPM" socket --tpm2 --tpmstate "file=$T/$d.qcow2" "${k[@]}")
+    read -r sw_sock sw_answer < <(tts swtpm socket --tpm2 --tpmstate "dir=$T/sw-$d" "${k[@]}")
+    name=$([ $d = enc ] && echo "encrypted" || echo "plain")
+    awk -v n="$name: socket file" -v a="$nv_sock" -v b="$sw_sock" 'BEGIN { printf "| %-38s | %9.1f | %9.1f | %6.2fx |\n", n, a, b, b / a }'
+    awk -v n="$name: first control answer" -v a="$nv_answer" -v b="$sw_answer" 'BEGIN { printf "| %-38s | %9.1f | %9.1f | %6.2fx |\n", n, a, b, b / a }'
+done
+echo
 for who in nvtpm swtpm; do
     start $who tcp unpinned
     "$BENCH" client "$ADDR" getrandom $LIGHT >/dev/null
