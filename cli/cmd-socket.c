@@ -304,7 +304,8 @@ static const char socket_usage[] =
     "swtpm_ioctl and tpm2-tss (swtpm: and mssim:) work unchanged.\n"
     "\n"
     "  --tpmstate   file=IMG: the image, created (4 MiB, mode=, default 0640) if absent and\n"
-    "               formatted if blank; dir=DIR: the image DIR/tpm-00.qcow2; backend-uri=\n"
+    "               formatted if blank; dir=DIR: the image DIR/tpm-00.qcow2, swtpm's files\n"
+    "               there imported into it if it is absent (docs/libvirt.md); backend-uri=\n"
     "               file://IMG or dir://DIR; fd=N: an image passed as a descriptor\n"
     "  --server     the data channel (TCP on 127.0.0.1 unless bindaddr=; UNIX sockets\n"
     "               mode 0600 unless mode=); fd=N: an inherited listening or connected socket\n"
@@ -322,9 +323,14 @@ static const char socket_usage[] =
     "               once the savestate blob is read; LOCK_STORAGE takes it back\n"
     "  -t           exit when the data connection closes\n"
     "\n"
+    "The sockets listen before the TPM starts (an encrypted image's key derivation\n"
+    "delays the first answer, not the socket); a start that fails still ends the\n"
+    "process with its exit code before any request is answered.\n"
+    "\n"
     "Exit codes: 0 clean exit, 1 usage, 2 not an nvtpm image or damaged, 4 key missing,\n"
-    "5 wrong key, 6 key given for a plain image, 7 the image is in use, 8 the image holds\n"
-    "the other TPM version's state, 9 other errors. See docs/nvtpm-socket.md.\n";
+    "5 wrong key, 6 key given for a plain image, 7 the image (or dir=) is in use, 8 the\n"
+    "image holds the other TPM version's state, 9 other errors (dir= holding an image\n"
+    "and newer swtpm files among them). See docs/nvtpm-socket.md.\n";
 
 static int print_capabilities(int tpm_version)
 {
