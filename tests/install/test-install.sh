@@ -20,6 +20,12 @@ for f in bin/nvtpm include/nvtpm/fdstash.h include/nvtpm/util.h share/man/man1/n
     [ -n "$(find "$DEST" -path "*/$f" | head -1)" ] && pass "installed $f" || fail "installed $f"
 done
 [ -n "$(find "$DEST" -name 'libnvtpm.so*' | head -1)" ] && pass "installed libnvtpm.so" || fail "installed libnvtpm.so"
+# the compatibility folder for libvirt (docs/libvirt.md): swtpm, a link to the installed nvtpm
+link=$(find "$DEST" -path '*/libexec/nvtpm/swtpm-compat/swtpm' | head -1)
+nvtpm_bin=$(find "$DEST" -path '*/bin/nvtpm' | head -1)
+[ -L "$link" ] && [ "$DEST$(readlink "$link")" = "$nvtpm_bin" ] &&
+    pass "installed libexec/nvtpm/swtpm-compat/swtpm, a link to the installed nvtpm" ||
+    fail "installed libexec/nvtpm/swtpm-compat/swtpm, a link to the installed nvtpm" "${link:-none} -> $(readlink "$link" 2>/dev/null)"
 
 export PKG_CONFIG_PATH=$(dirname "${pcfile:-/nonexistent/x}") PKG_CONFIG_SYSROOT_DIR=$DEST
 flags=$(pkg-config --cflags --libs libnvtpm 2>"$TEST_TMP/err") && pass "pkg-config --cflags --libs libnvtpm" \
