@@ -126,10 +126,9 @@ enum bdrv_lock_mode bdrv_lock_mode(const struct bdrv_node *bs);
 
 /* ---- the ownership lock --------------------------------------------------- */
 
-/* Take or release ownership (QEMU's write lock) of a read-write node. Taking
- * it fails, changing nothing, when another process holds or refuses to share a
- * permission it needs; the message names the image and the permission. */
-int bdrv_set_ownership(struct bdrv_node *bs, bool own, struct nv_error *err);
+/* Ownership is taken and given up with bdrv_reopen (BDRV_O_OWNER): giving it
+ * up flushes, taking it re-reads what the graph caches of the file, which a
+ * process that owned it meanwhile may have changed. */
 bool bdrv_is_owner(const struct bdrv_node *bs);
 
 /* Who holds locks on the image (this process included), found through
@@ -148,8 +147,11 @@ int bdrv_lock_holders(struct bdrv_node *bs, struct bdrv_lock_holder *out, size_t
 /* ---- reopen --------------------------------------------------------------- */
 
 /* Change the flags of an open graph: read-only <-> read-write (ownership taken
- * or released with BDRV_O_OWNER) and cache mode. When only flags that F_SETFL
- * can change differ, nothing is opened. Otherwise every descriptor of the
+ * or released with BDRV_O_OWNER) and cache mode. Taking ownership fails,
+ * changing nothing, when another process holds or refuses to share a
+ * permission it needs (-EBUSY, the message names the image and the
+ * permission); once taken, the format's cached metadata is read anew. When
+ * only flags that F_SETFL can change differ, nothing is opened. Otherwise every descriptor of the
  * graph is dup'd into the fd stash (so its locks stay held), the files are
  * opened anew, and any failure falls back to the stashed descriptors: the node
  * works as before and err says why. Locks are held without a gap throughout. */

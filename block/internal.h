@@ -6,6 +6,13 @@
 
 struct bdrv_node;
 
+/* Take or release ownership (QEMU's write lock) of a read-write node, the
+ * descriptors and caches as they are: for reopen, which invalidates the
+ * caches. Taking it fails, changing nothing, when another process holds or
+ * refuses to share a permission it needs; the message names the image and
+ * the permission. */
+int bdrv_set_ownership(struct bdrv_node *bs, bool own, struct nv_error *err);
+
 /* A driver: a table of operations. Format drivers read through bs->file;
  * protocol drivers own a descriptor and provide the lock and reopen hooks. */
 struct bdrv_driver {
@@ -33,6 +40,11 @@ struct bdrv_driver {
      * read-write); reopen_done after a successful reopen. */
     int (*reopen_check)(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err);
     void (*reopen_done)(struct bdrv_node *bs, unsigned old_flags);
+    /* Format hook, when a reopen takes ownership: whatever the node caches
+     * of the file (header, tables) may be stale, another process having
+     * owned it meanwhile; read it all anew (QEMU's invalidate_cache). On
+     * failure the node keeps its old state and the ownership is given back. */
+    int (*invalidate)(struct bdrv_node *bs, struct nv_error *err);
 
     /* Lock hook (protocol): the descriptor whose open file description
      * carries this node's OFD locks. */

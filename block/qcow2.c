@@ -472,19 +472,14 @@ static int qcow2_open(struct bdrv_node *bs, const char *spec, struct nv_error *e
         r = nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
     if (r == 0 && s->backing_file_size)
         r = open_backing(bs, backing_fmt, err);
-    if (r == 0 && (bs->flags & BDRV_O_RDWR))
+    if (r == 0 && (bs->flags & BDRV_O_OWNER)) /* only an owner writes */
         r = prepare_for_writing(bs, err);
     return r; /* on failure the caller closes, which frees what was loaded */
 }
 
-static void qcow2_close(struct bdrv_node *bs)
+/* Free what qcow2_open loaded, writing nothing back. */
+static void free_state(struct qcow2_state *s)
 {
-    struct qcow2_state *s = bs->opaque;
-    if ((bs->flags & BDRV_O_OWNER) && s->l1) {
-        struct nv_error err = {0};
-        if (qcow2_flush_metadata(bs, &err) < 0 || qcow2_sync(bs, &err) < 0)
-            fprintf(stderr, "nvtpm: %s\n", err.msg);
-    }
     qcow2_cache_destroy(&s->l2_cache);
     qcow2_cache_destroy(&s->refblock_cache);
     free(s->l1);
@@ -495,6 +490,36 @@ static void qcow2_close(struct bdrv_node *bs)
     if (s->backing)
         bdrv_close(s->backing);
     memset(s, 0, sizeof(*s));
+}
+
+static void qcow2_close(struct bdrv_node *bs)
+{
+    struct qcow2_state *s = bs->opaque;
+    if ((bs->flags & BDRV_O_OWNER) && s->l1) {
+        struct nv_error err = {0};
+        if (qcow2_flush_metadata(bs, &err) < 0 || qcow2_sync(bs, &err) < 0)
+            fprintf(stderr, "nvtpm: %s\n", err.msg);
+    }
+    free_state(s);
+}
+
+/* Ownership was just taken: another owner may have changed the header, the
+ * tables and the clusters they point to, so all of it is read anew into a
+ * fresh state, as at open, and the old state goes only once that worked. It
+ * holds nothing unwritten: it was flushed when the node gave up ownership (or
+ * never owned the file). */
+static int qcow2_invalidate(struct bdrv_node *bs, struct nv_error *err)
+{
+    struct qcow2_state *old = bs->opaque, *fresh = calloc(1, sizeof(*fresh));
+    if (!fresh)
+        return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
+    bs->opaque = fresh;
+    int r = qcow2_open(bs, NULL, err);
+    struct qcow2_state *gone = r < 0 ? fresh : old;
+    bs->opaque = r < 0 ? old : fresh;
+    free_state(gone);
+    free(gone);
+    return r;
 }
 
 static int check_request(struct bdrv_node *bs, const char *what, uint64_t offset, uint64_t len,
@@ -629,14 +654,6 @@ static int qcow2_reopen_check(struct bdrv_node *bs, unsigned new_flags, struct n
     return 0;
 }
 
-static void qcow2_reopen_done(struct bdrv_node *bs, unsigned old_flags)
-{
-    struct nv_error err = {0};
-    if (!(old_flags & BDRV_O_OWNER) && (bs->flags & BDRV_O_OWNER) &&
-        prepare_for_writing(bs, &err) < 0)
-        fprintf(stderr, "nvtpm: %s\n", err.msg);
-}
-
 const struct bdrv_driver bdrv_qcow2 = {
     .name = "qcow2",
     .state_size = sizeof(struct qcow2_state),
@@ -651,5 +668,5 @@ const struct bdrv_driver bdrv_qcow2 = {
     .check = qcow2_check,
     .create = qcow2_create,
     .reopen_check = qcow2_reopen_check,
-    .reopen_done = qcow2_reopen_done,
+    .invalidate = qcow2_invalidate,
 };

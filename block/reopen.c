@@ -1,7 +1,9 @@
 /* reopen.c - changing an open graph's flags without ever losing the file.
  *
  * Where only flags that F_SETFL can change differ (cache mode) or only the
- * ownership changes, the descriptors stay and nothing is opened. When the
+ * ownership changes, the descriptors stay and nothing is opened (taking
+ * ownership then re-reads the format's metadata: another process may have
+ * owned and changed the file meanwhile). When the
  * access mode changes, the protocol to the seed's letter: every descriptor of
  * the graph goes into the fd stash as a dup (the open file description, and so
  * its OFD locks, stay alive), the files are opened anew and the locks copied
@@ -61,6 +63,18 @@ static int reopen_descriptors(struct bdrv_node *bs, struct fdstash *stash, unsig
 
 static int reopen_flags(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err);
 
+/* Ownership taken: every format node reads the file's metadata anew. */
+static int invalidate_graph(struct bdrv_node *bs, struct nv_error *err)
+{
+    for (struct bdrv_node *n = bs; n; n = n->file) {
+        int r = n->drv->invalidate ? n->drv->invalidate(n, err) : 0;
+        if (r < 0)
+            return nv_error_prefix(err, r, "%s: re-reading it after taking ownership",
+                                   bs->filename);
+    }
+    return 0;
+}
+
 int bdrv_reopen(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err)
 {
     unsigned old_flags = bs->flags;
@@ -77,6 +91,8 @@ int bdrv_reopen(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err)
     for (struct bdrv_node *n = bs; r == 0 && n; n = n->file)
         if (n->drv->reopen_done)
             n->drv->reopen_done(n, old_flags);
+    if (r == 0 && (new_flags & ~old_flags & BDRV_O_OWNER) && (r = invalidate_graph(bs, err)) < 0)
+        reopen_flags(bs, old_flags, NULL); /* the ownership goes back; the old state stays */
     return r;
 }
 

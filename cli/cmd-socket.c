@@ -47,8 +47,7 @@ struct socket_opts {
     int dir_lock_fd;              /* DIR/.lock, held as swtpm holds it */
     enum cli_dir_state dir_state; /* what dir= holds */
     struct fdstash stash;
-    struct bdrv_node *bs;
-    struct nvram *nv;
+    struct nvram_storage *storage;
     int start_code; /* the exit code of a start that failed after the sockets opened */
 };
 
@@ -434,36 +433,31 @@ static int busy_message(const char *spec, const struct nv_error *err)
     return cli_fail(CLI_EXIT_BUSY, "%s", err->msg);
 }
 
-static struct bdrv_node *open_state(struct socket_opts *o, struct fdstash *stash, int *code)
+/* The image, created if absent, owned (--migration incoming: unowned while
+ * the source owns it; INIT or SET_STATEBLOB claims it then). */
+static struct nvram_storage *open_state(struct socket_opts *o, int *code)
 {
     struct nv_error err = {0};
     const char *spec = o->state_path;
     if (o->state_fd >= 0) {
         if (fdstash_check_fd(o->state_fd, FDSTASH_FILE, &err) < 0 ||
-            fdstash_give(stash, "tpmstate", o->state_fd, &err) < 0) {
+            fdstash_give(&o->stash, "tpmstate", o->state_fd, &err) < 0) {
             *code = cli_fail(CLI_EXIT_USAGE, "socket: --tpmstate fd=%d: %s", o->state_fd, err.msg);
             return NULL;
         }
         spec = "fd:tpmstate";
-    } else if (access(spec, F_OK) != 0) {
-        struct bdrv_create_opts co = {.size = DEFAULT_IMAGE_SIZE,
-                                      .mode = o->state_mode ? o->state_mode : 0640};
-        if (bdrv_create("qcow2", spec, &co, &err) < 0) {
-            *code = cli_fail(cli_exit_code(err.code), "%s", err.msg);
-            return NULL;
-        }
     }
-    struct bdrv_node *bs = bdrv_open(spec, BDRV_O_RDWR | BDRV_O_OWNER, stash, &err);
-    /* --migration incoming: the source may still own an image on shared storage;
-     * then INIT or SET_STATEBLOB takes the ownership (docs/nvtpm-socket.md). */
-    if (!bs && err.code == -EBUSY && o->incoming) {
-        nv_error_clear(&err);
-        bs = bdrv_open(spec, BDRV_O_RDWR, stash, &err);
-    }
-    if (!bs)
+    struct nvram_storage_options so = {.spec = spec,
+                                       .stash = &o->stash,
+                                       .create = o->state_fd < 0,
+                                       .create_size = DEFAULT_IMAGE_SIZE,
+                                       .create_mode = o->state_mode ? o->state_mode : 0640,
+                                       .open_unowned_if_busy = o->incoming};
+    struct nvram_storage *st = nvram_storage_open(&so, &err);
+    if (!st)
         *code = err.code == -EBUSY ? busy_message(spec, &err)
                                    : cli_fail(cli_exit_code(err.code), "%s", err.msg);
-    return bs;
+    return st;
 }
 
 /* ---- once the sockets exist: daemon, pid file, user ------------------------------------- */
@@ -494,24 +488,24 @@ static int start_tpm(struct socket_opts *o)
         (code = cli_dir_import(o->state_dir, o->state_path, o->tpm_version,
                                o->have_key ? &o->key : NULL, mode, o->log_fd)) != 0)
         return code;
-    if (!o->bs && !(o->bs = open_state(o, &o->stash, &code)))
+    if (!o->storage && !(o->storage = open_state(o, &code)))
         return code;
     struct nvram_options no = {.tpm_version = o->tpm_version,
-                               .format_blank = bdrv_is_owner(o->bs),
+                               .format_blank = true,
                                .key = o->have_key ? &o->key : NULL,
                                .no_sync = o->no_sync};
-    if (!(o->nv = nvram_open(o->bs, &no, &err)))
+    if (nvram_storage_open_nvram(o->storage, &no, &err) < 0)
         return cli_fail(cli_exit_code(err.code), "%s", err.msg);
     o->backend.tpm_version = o->tpm_version;
-    o->backend.nvram = o->nv;
+    o->backend.nvram = nvram_storage_nvram(o->storage);
     o->backend.debug_level = o->log_level;
     o->backend.debug_fd = o->log_fd;
     if (tpm_backend_init(&o->backend, &err) < 0)
         return cli_fail(CLI_EXIT_NOT_LOADABLE, "%s", err.msg);
     if (o->not_need_init && tpm_backend_start(false) != 0)
         return cli_fail(CLI_EXIT_NOT_LOADABLE, "%s: libtpms could not start the TPM from it",
-                        bdrv_filename(o->bs));
-    o->server.image = o->bs;
+                        nvram_storage_name(o->storage));
+    o->server.storage = o->storage;
     return 0;
 }
 
@@ -723,7 +717,7 @@ static int serve(struct socket_opts *o)
     if (o->state_dir)
         code = prepare_dir(o);
     if (code == 0 && o->dir_state != CLI_DIR_SWTPM)
-        o->bs = open_state(o, &o->stash, &code);
+        o->storage = open_state(o, &code);
     if (code == 0) {
         o->server.file_key = o->have_key;
         o->server.state_key = o->have_key ? &o->key_aes : NULL;
@@ -735,9 +729,7 @@ static int serve(struct socket_opts *o)
         if (tpm_server_run(&o->server, &err) < 0)
             code = o->start_code ? o->start_code : cli_fail(cli_exit_code(err.code), "%s", err.msg);
     }
-    nvram_close(o->nv);
-    if (o->bs)
-        bdrv_close(o->bs);
+    nvram_storage_close(o->storage);
     fdstash_cleanup(&o->stash);
     if (o->dir_lock_fd >= 0)
         close(o->dir_lock_fd);

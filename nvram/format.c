@@ -255,6 +255,15 @@ static void encode_slot_header(const struct nvram_slot_header *h, uint8_t *raw)
     memcpy(raw + 72, h->integrity, 32);
 }
 
+uint64_t nvram_slot_header_sequence(const uint8_t *raw, enum nvram_blob blob)
+{
+    char name[16] = {0};
+    memcpy(name, blob_names[blob], strlen(blob_names[blob]));
+    if (memcmp(raw, "NVTSLOT1", 8) != 0 || memcmp(raw + 8, name, 16) != 0)
+        return 0;
+    return get64(raw + 24);
+}
+
 static void slot_problem(struct nvram_slot_info *info, const char *what)
 {
     info->state = NVRAM_SLOT_DAMAGED;

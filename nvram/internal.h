@@ -63,6 +63,11 @@ size_t nvram_data_key_size(enum nvram_cipher cipher);
 void nvram_slot_open(const uint8_t *slot, size_t slot_size, enum nvram_blob blob,
                      const struct nvram_super *sb, const uint8_t *data_key, uint8_t *plain,
                      struct nvram_slot_info *info);
+/* The sequence number in the first NVRAM_SLOT_SEQUENCE_END bytes of a slot
+ * header of blob, unverified (a torn slot's too); 0 when they are no such
+ * header. */
+#define NVRAM_SLOT_SEQUENCE_END 32u
+uint64_t nvram_slot_header_sequence(const uint8_t *raw, enum nvram_blob blob);
 /* Build a slot (header and payload) ready for one write; returns its length. */
 int nvram_slot_seal(const struct nvram_super *sb, enum nvram_blob blob, uint64_t sequence,
                     const uint8_t *data, size_t length, bool deleted, enum nvram_cipher cipher,

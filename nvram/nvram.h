@@ -125,6 +125,46 @@ int nvram_store(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, siz
                 struct nv_error *err);
 int nvram_delete(struct nvram *nv, enum nvram_blob blob, struct nv_error *err);
 
+/* ---- a TPM's storage: the image, its NVRAM, its ownership ---------------------------- */
+
+/* The one object that owns a TPM's storage (the socket server and the TIS
+ * device use it): it creates or opens the image, opens the NVRAM on it, and
+ * claims and releases the image's ownership as a migration on shared storage
+ * hands it between two processes. Claiming re-reads everything cached above
+ * the file (qcow2's header and tables, the superblock, each blob's slots and
+ * sequence numbers), so no commit ever builds on another owner's past. */
+struct nvram_storage;
+
+struct nvram_storage_options {
+    const char *spec;          /* the image: a path, or "fd:NAME" in stash */
+    struct fdstash *stash;     /* may be NULL unless spec names a descriptor */
+    bool create;               /* a path that does not exist: a new qcow2 image */
+    uint64_t create_size;      /* 0: 4 MiB */
+    unsigned create_mode;      /* 0: 0640 */
+    bool open_unowned_if_busy; /* another process owns it: open without ownership
+                                * (a migration's destination), claim later */
+};
+
+/* The image, opened read-write and owned (or, with open_unowned_if_busy and
+ * another owner, not). -EBUSY when another process owns it. */
+struct nvram_storage *nvram_storage_open(const struct nvram_storage_options *opts,
+                                         struct nv_error *err);
+/* The NVRAM on it, opts as for nvram_open; a blank image is formatted only
+ * when owned (and opts->format_blank). */
+int nvram_storage_open_nvram(struct nvram_storage *st, const struct nvram_options *opts,
+                             struct nv_error *err);
+struct nvram *nvram_storage_nvram(const struct nvram_storage *st);
+const char *nvram_storage_name(const struct nvram_storage *st);
+bool nvram_storage_owned(const struct nvram_storage *st);
+/* Take the ownership (a no-op when held), trying retries more times 10 ms
+ * apart while another process holds it; everything cached is read anew.
+ * -EBUSY when it stays held; on any failure the storage stays unowned. */
+int nvram_storage_claim(struct nvram_storage *st, unsigned retries, struct nv_error *err);
+/* Give the ownership up: everything flushed, and no write until the next
+ * claim (the block layer refuses them). */
+int nvram_storage_release(struct nvram_storage *st, struct nv_error *err);
+void nvram_storage_close(struct nvram_storage *st);
+
 /* ---- inspection ------------------------------------------------------------------- */
 
 enum nvram_slot_state {

@@ -261,6 +261,35 @@ struct nvram *nvram_open(struct bdrv_node *bs, const struct nvram_options *opts,
     return nv;
 }
 
+int nvram_refresh(struct nvram *nv, struct nv_error *err)
+{
+    const char *img = bdrv_filename(nv->bs);
+    struct nvram_super sb;
+    int copy, r = bdrv_lock(nv->bs, BDRV_LOCK_EXCLUSIVE, nv->lock_timeout, err);
+    bool valid[2];
+    char why[400];
+    if (r < 0)
+        return r;
+    r = nvram_read_super(nv->bs, &sb, &copy, valid, why, sizeof(why), err);
+    if (r == -ENODATA || r == -EUCLEAN || r == -ENOMEDIUM)
+        r = nv_error_set(err, r == -ENODATA ? -EUCLEAN : r, "%s no longer holds its NVRAM: %s", img,
+                         r == -ENODATA ? "it is blank" : why);
+    else if (r == 0 && (memcmp(sb.uuid, nv->sb.uuid, sizeof(sb.uuid)) != 0 ||
+                        sb.cipher != nv->sb.cipher || sb.tpm_version != nv->sb.tpm_version))
+        r = nv_error_set(err, -ESTALE,
+                         "%s is no longer the NVRAM this process opened (another process "
+                         "replaced, reformatted or re-encrypted it)",
+                         img);
+    if (r == 0) {
+        nv->sb = sb;
+        nv->sb_copy = copy;
+    }
+    for (int b = 0; r == 0 && b < NVRAM_BLOBS; b++)
+        r = nvram_scan_blob(nv, (enum nvram_blob)b, NULL, NULL, err);
+    bdrv_unlock(nv->bs, NULL);
+    return r;
+}
+
 void nvram_close(struct nvram *nv)
 {
     if (!nv)
@@ -404,27 +433,65 @@ int nvram_load(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size_t *l
     return nvram_scan_blob(nv, blob, data, length, err);
 }
 
+/* The highest sequence number either slot header of blob shows, torn slots
+ * included: a commit must go out above it, whatever nv caches. */
+static int disk_sequence(struct nvram *nv, enum nvram_blob blob, uint64_t *max,
+                         struct nv_error *err)
+{
+    *max = 0;
+    for (int s = 0; s < 2; s++) {
+        uint8_t head[NVRAM_SLOT_SEQUENCE_END];
+        int r = bdrv_pread(nv->bs, nv->sb.blobs[blob].offset[s], head, sizeof(head), err);
+        if (r < 0)
+            return r;
+        uint64_t seq = nvram_slot_header_sequence(head, blob);
+        *max = seq > *max ? seq : *max;
+    }
+    return 0;
+}
+
+/* Seal the next version of blob into nv->buf: *target is the slot it goes
+ * to, *seq its sequence number (above floor). */
+static int seal_next(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, size_t length,
+                     bool deleted, enum nvram_cipher cipher, uint64_t floor, int *target,
+                     uint64_t *seq, size_t *written, struct nv_error *err)
+{
+    *target = nv->blob[blob].current < 0 ? 0 : 1 - nv->blob[blob].current;
+    *seq = (nv->blob[blob].sequence > floor ? nv->blob[blob].sequence : floor) + 1;
+    int r = nvram_slot_seal(&nv->sb, blob, *seq, data, length, deleted, cipher, nv->data_key,
+                            nv->buf, nv->buf_size, written);
+    return r < 0 ? nv_error_set(err, r, "%s: cannot seal %s", bdrv_filename(nv->bs),
+                                nvram_blob_name(blob))
+                 : 0;
+}
+
 int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, size_t length,
                  bool deleted, enum nvram_cipher cipher, struct nv_error *err)
 {
     const struct nvram_blobdesc *d = &nv->sb.blobs[blob];
     const char *img = bdrv_filename(nv->bs);
     size_t written;
+    int target;
+    uint64_t seq, on_disk;
     if (length > d->slot_size - NVRAM_SLOT_HEADER_SIZE)
         return nv_error_set(err, -EFBIG, "%s: %s of %zu bytes exceeds its capacity of %u", img,
                             nvram_blob_name(blob), length, d->slot_size - NVRAM_SLOT_HEADER_SIZE);
     int r = ensure_buffers(nv, d->slot_size, err);
+    if (r == 0)
+        r = seal_next(nv, blob, data, length, deleted, cipher, 0, &target, &seq, &written, err);
     if (r < 0)
         return r;
-    int target = nv->blob[blob].current < 0 ? 0 : 1 - nv->blob[blob].current;
-    uint64_t seq = nv->blob[blob].sequence + 1;
-    r = nvram_slot_seal(&nv->sb, blob, seq, data, length, deleted, cipher, nv->data_key, nv->buf,
-                        nv->buf_size, &written);
-    if (r < 0)
-        return nv_error_set(err, r, "%s: cannot seal %s", img, nvram_blob_name(blob));
     if ((r = bdrv_lock(nv->bs, BDRV_LOCK_EXCLUSIVE, nv->lock_timeout, err)) < 0)
         return r;
-    r = bdrv_pwrite(nv->bs, d->offset[target], nv->buf, written, err);
+    /* A header at or above seq: another owner committed since this one last
+     * read the blob (or a torn commit left its number). Read the blob again
+     * and go above everything on disk. */
+    r = disk_sequence(nv, blob, &on_disk, err);
+    if (r == 0 && on_disk >= seq && (r = nvram_scan_blob(nv, blob, NULL, NULL, err)) == 0)
+        r = seal_next(nv, blob, data, length, deleted, cipher, on_disk, &target, &seq, &written,
+                      err);
+    if (r == 0)
+        r = bdrv_pwrite(nv->bs, d->offset[target], nv->buf, written, err);
     if (r == 0 && !nv->opts.no_sync && (r = bdrv_flush(nv->bs, err)) < 0) {
         /* The new slot may be readable although it is not durable: blank its
          * header (best effort) so that loads keep returning the previous

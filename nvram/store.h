@@ -33,6 +33,10 @@ int nvram_read_slot(struct nvram *nv, enum nvram_blob blob, int s, struct nvram_
                     struct nv_error *err);
 int nvram_scan_blob(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size_t *length,
                     struct nv_error *err);
+/* After the image changed hands: the superblock and each blob's current slot
+ * and sequence read anew under the exclusive access lock. -ESTALE when the
+ * image is no longer this NVRAM (another UUID, cipher or TPM version). */
+int nvram_refresh(struct nvram *nv, struct nv_error *err);
 int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, size_t length,
                  bool deleted, enum nvram_cipher cipher, struct nv_error *err);
 

@@ -18,7 +18,6 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ctrl.h"
@@ -309,19 +308,17 @@ static uint32_t cb_set_datafd(void *opaque, int fd)
     return TPM_CTRL_SUCCESS;
 }
 
+/* A claim re-reads everything cached of the image (nvram_storage_claim): the
+ * destination may have committed while it owned it. */
 static uint32_t cb_lock_storage(void *opaque, uint32_t retries)
 {
     struct server *s = opaque;
-    if (!s->cfg->image || bdrv_is_owner(s->cfg->image))
+    struct nv_error err = {0};
+    if (!s->cfg->storage || nvram_storage_claim(s->cfg->storage, retries, &err) == 0)
         return TPM_CTRL_SUCCESS;
-    for (uint32_t i = 0;; i++) {
-        if (bdrv_set_ownership(s->cfg->image, true, NULL) == 0)
-            return TPM_CTRL_SUCCESS;
-        if (i >= retries)
-            return TPM_CTRL_FAIL;
-        struct timespec ten_ms = {0, 10 * 1000000};
-        nanosleep(&ten_ms, NULL);
-    }
+    if (err.code != -EBUSY)
+        cb_log(s, err.msg);
+    return TPM_CTRL_FAIL;
 }
 
 /* Whether stopping may write the state (the automatic TPM2_Shutdown commits
@@ -330,12 +327,12 @@ static uint32_t cb_lock_storage(void *opaque, uint32_t retries)
  * old copy must not overwrite. */
 static bool stores_at_stop(const struct tpm_server_config *cfg)
 {
-    if (!cfg->image || bdrv_is_owner(cfg->image) || !tpm_backend_running())
+    if (!cfg->storage || nvram_storage_owned(cfg->storage) || !tpm_backend_running())
         return true;
     fprintf(stderr,
             "nvtpm: %s was handed over to a migration's destination; the TPM stops "
             "without writing its state\n",
-            bdrv_filename(cfg->image));
+            nvram_storage_name(cfg->storage));
     return false;
 }
 
@@ -349,8 +346,8 @@ static void cb_savestate_read(void *opaque)
 {
     struct server *s = opaque;
     struct nv_error err = {0};
-    if (s->cfg->release_lock_outgoing && s->cfg->image &&
-        bdrv_set_ownership(s->cfg->image, false, &err) < 0)
+    if (s->cfg->release_lock_outgoing && s->cfg->storage &&
+        nvram_storage_release(s->cfg->storage, &err) < 0)
         fprintf(stderr, "nvtpm: releasing the image after migration: %s\n", err.msg);
 }
 

@@ -9,11 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "block.h"
-#include "fdstash.h"
 #include "tpm.h"
-
-#define IMAGE_SIZE (4u << 20)
 
 struct tis_libtpms {
     struct tis *tis;
@@ -26,9 +22,7 @@ struct tis_libtpms {
     uint32_t len;
     void (*set_irq)(void *, int);
     void *irq_opaque;
-    struct fdstash stash;
-    struct bdrv_node *bs;
-    struct nvram *nv;
+    struct nvram_storage *storage;
 };
 
 static void *worker_main(void *opaque)
@@ -113,10 +107,7 @@ static void op_hash_end(void *opaque)
 
 static void close_storage(struct tis_libtpms *d)
 {
-    nvram_close(d->nv);
-    if (d->bs)
-        bdrv_close(d->bs);
-    fdstash_cleanup(&d->stash);
+    nvram_storage_close(d->storage);
 }
 
 static void destroy(void *opaque)
@@ -138,18 +129,15 @@ static void destroy(void *opaque)
 static int open_storage(struct tis_libtpms *d, int tpm_version, const char *path,
                         const struct nvram_key *key, struct nv_error *err)
 {
-    fdstash_init(&d->stash);
-    struct bdrv_create_opts co = {.size = IMAGE_SIZE, .mode = 0640};
-    if (access(path, F_OK) != 0 && bdrv_create("qcow2", path, &co, err) < 0)
-        return err->code;
-    d->bs = bdrv_open(path, BDRV_O_RDWR | BDRV_O_OWNER, &d->stash, err);
-    if (!d->bs)
+    struct nvram_storage_options so = {.spec = path, .create = true};
+    d->storage = nvram_storage_open(&so, err);
+    if (!d->storage)
         return err->code;
     struct nvram_options no = {.tpm_version = tpm_version, .format_blank = true, .key = key};
-    d->nv = nvram_open(d->bs, &no, err);
-    if (!d->nv)
+    if (nvram_storage_open_nvram(d->storage, &no, err) < 0)
         return err->code;
-    struct tpm_backend_options bo = {.tpm_version = tpm_version, .nvram = d->nv, .debug_fd = -1};
+    struct tpm_backend_options bo = {
+        .tpm_version = tpm_version, .nvram = nvram_storage_nvram(d->storage), .debug_fd = -1};
     if (tpm_backend_init(&bo, err) < 0)
         return err->code;
     if (tpm_backend_start(false) != 0)

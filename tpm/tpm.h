@@ -121,7 +121,7 @@ struct tpm_server_config {
     const struct mig_key *migration_key; /* blobs out are encrypted, in may be */
     const struct mig_key *state_key;     /* the --key, for blobs swtpm encrypted with it */
     bool release_lock_outgoing;          /* give up ownership once the savestate blob is read */
-    struct bdrv_node *image;             /* for the ownership hand-off */
+    struct nvram_storage *storage;       /* for the ownership hand-off */
     unsigned log_level;                  /* >= 5: each command and response logged */
     int log_fd;
     /* Called once the sockets exist, before serving (daemonize, pid file). */

@@ -228,7 +228,11 @@ static int cmd_simple(struct tool *t, int argc, char **argv)
     }
     if (strcmp(c, "owner") == 0 && argc == 2 &&
         (strcmp(argv[1], "on") == 0 || strcmp(argv[1], "off") == 0))
-        return bdrv_set_ownership(t->bs, strcmp(argv[1], "on") == 0, &t->err);
+        return bdrv_reopen(t->bs,
+                           strcmp(argv[1], "on") == 0
+                               ? bdrv_get_flags(t->bs) | BDRV_O_OWNER
+                               : bdrv_get_flags(t->bs) & ~(unsigned)BDRV_O_OWNER,
+                           &t->err);
     if (strcmp(c, "echo") == 0) {
         for (int i = 1; i < argc; i++)
             printf("%s%s", i > 1 ? " " : "", argv[i]);

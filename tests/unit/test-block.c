@@ -490,20 +490,20 @@ static void second_owner_refused(void **state)
     assert_qemu_bytes(path, owner, 5);
 
     /* Ownership handed over without closing. */
-    assert_int_equal(bdrv_set_ownership(a, false, &err), 0);
+    assert_int_equal(bdrv_reopen(a, BDRV_O_RDWR, &err), 0);
     struct bdrv_node *b = open_ok(path, RW_OWNER);
-    assert_int_equal(bdrv_set_ownership(a, true, &err), -EBUSY);
+    assert_int_equal(bdrv_reopen(a, BDRV_O_RDWR | BDRV_O_OWNER, &err), -EBUSY);
     assert_false(bdrv_is_owner(a));
     uint8_t byte = 0;
     assert_int_equal(bdrv_pwrite(a, 0, &byte, 1, &err), -EPERM);
     assert_int_equal(bdrv_pwrite(b, 0, &byte, 1, &err), 0);
     bdrv_close(b);
-    assert_int_equal(bdrv_set_ownership(a, true, &err), 0);
+    assert_int_equal(bdrv_reopen(a, BDRV_O_RDWR | BDRV_O_OWNER, &err), 0);
     assert_int_equal(bdrv_pwrite(a, 0, &byte, 1, &err), 0);
     bdrv_close(a);
 
     struct bdrv_node *ro = open_ok(path, 0);
-    assert_int_equal(bdrv_set_ownership(ro, true, &err), -EPERM);
+    assert_int_equal(bdrv_reopen(ro, BDRV_O_OWNER, &err), -EINVAL); /* ownership needs read-write */
     bdrv_close(ro);
 }
 

@@ -106,7 +106,7 @@ static void conflicting_locks_refused_across_processes(void **state)
     assert_int_equal(bdrv_lock(writer, BDRV_LOCK_EXCLUSIVE, 100, &err), -ETIMEDOUT);
     assert_null(bdrv_open_format("raw", path, RW_OWNER, NULL, &err));
     assert_int_equal(err.code, -EBUSY);
-    assert_int_equal(bdrv_set_ownership(writer, true, &err), -EBUSY);
+    assert_int_equal(bdrv_reopen(writer, BDRV_O_RDWR | BDRV_O_OWNER, &err), -EBUSY);
 
     peer_say(p.to_child, 'x');
     assert_int_equal(peer_read(p.from_child), 'k');
@@ -118,7 +118,7 @@ static void conflicting_locks_refused_across_processes(void **state)
     assert_int_equal(bdrv_lock(writer, BDRV_LOCK_EXCLUSIVE, 0, &err), 0);
     assert_int_equal(finish_peer(&p), 0);
     /* The owner's exit released ownership too. */
-    assert_int_equal(bdrv_set_ownership(writer, true, &err), 0);
+    assert_int_equal(bdrv_reopen(writer, BDRV_O_RDWR | BDRV_O_OWNER, &err), 0);
     bdrv_close(writer);
     bdrv_close(reader);
 }

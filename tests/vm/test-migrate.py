@@ -319,15 +319,26 @@ def nv_on_image(img, index):
         stop(p)
 
 
+def permall_sequence(img):
+    """The sequence number of the image's current permall (nvtpm info reads
+    beside an owner); each commit raises it by one."""
+    out = subprocess.run([NVTPM, 'info', img], capture_output=True, text=True).stdout
+    m = re.search(r'^blob permall .*sequence (\d+)', out, re.M)
+    return int(m.group(1)) if m else -1
+
+
 def shared_storage_failure():
     """One image, the lock hand-off under way, then the destination host
-    dies: the source's migration fails, QEMU resumes the source VM and its
-    nvtpm takes the image back (LOCK_STORAGE), and the guest keeps writing NV."""
+    dies: the destination's guest ran and committed NV (twice at least)
+    before, the source's migration fails, QEMU resumes the source VM and its
+    nvtpm takes the image back (LOCK_STORAGE), and the guest keeps writing NV:
+    its later write must win over the destination's, though the destination
+    committed last before the hand-back."""
     what = 'shared storage, destination killed'
     img = f'{T}/fail.qcow2'
     s_tpm, s_ctrl = start_tpm('nvtpm', 'src', img, ('--migration', 'release-lock-outgoing'))
     d_tpm, d_ctrl = start_tpm('nvtpm', 'dst', img, ('--migration', 'incoming'))
-    src = start_qemu('src', s_ctrl, append=' nvtpm.word=after-kill')
+    src = start_qemu('src', s_ctrl, append=' nvtpm.word=after-kill nvtpm.word3=src-late')
     dst = start_qemu('dst', d_ctrl, incoming=f'{T}/dst.mig')
     watch = OwnershipWatch(img, (s_tpm.pid, d_tpm.pid))
     proxy = None
@@ -342,6 +353,13 @@ def shared_storage_failure():
         check(handed and status not in ('completed', 'failed'),
               f'{what}: mid-migration, the destination holds the image (its TPM state arrived)',
               f'status {status}, owners {watch.timeline}' + diagnostics('src', 'dst'))
+        before = permall_sequence(img)
+        resume_guest('dst')  # the destination's guest runs: it defines and writes 0x1500017
+        wrote = wait_for(lambda: said('dst', 'NVREAD2', after='NVTPM-RESUMED') is not None, 60)
+        after = permall_sequence(img)
+        check(wrote and before > 0 and after >= before + 2,
+              f"{what}: the destination's guest commits NV twice or more before it dies",
+              f'permall sequence {before} -> {after}' + diagnostics('dst'))
         for p in (dst, d_tpm):  # the destination host dies
             p.kill()
             p.wait()
@@ -362,6 +380,11 @@ def shared_storage_failure():
               said('src', 'NVREAD2', after='NVTPM-RESUMED') == 'after-kill',
               f'{what}: and keeps writing NV (a new index, written and read back)',
               diagnostics('src'))
+        wait_for(lambda: said('src', 'WAIT', after='NVTPM-RESUMED') is not None, 30)
+        resume_guest('src')  # one more NMI: the source alone writes 0x1500018
+        ok = wait_for(lambda: said('src', 'NVWRITE3') is not None, 60)
+        check(ok and said('src', 'NVWRITE3') == 'ok', f'{what}: the source writes one more index',
+              diagnostics('src'))
         wait_for(lambda: src.poll() is not None, 60)
         wait_for(lambda: s_tpm.poll() is not None, 30)
         check(s_tpm.returncode == 0, f'{what}: the source TPM stops with its QEMU, status 0',
@@ -378,6 +401,9 @@ def shared_storage_failure():
         stop(src, dst, s_tpm, d_tpm)
     check(nv_on_image(img, '0x1500017') == 'after-kill',
           f"{what}: what the guest wrote after the resume is on the image", open(f'{T}/reader.log').read())
+    check(nv_on_image(img, '0x1500018') == 'src-late',
+          f"{what}: and the source's last write, though the destination had committed later "
+          f"sequence numbers before it died", open(f'{T}/reader.log').read())
     r = validate(img)
     check(r.returncode == 0, f'{what}: the image validates', r.stdout + r.stderr)
     clean_run_files()
