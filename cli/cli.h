@@ -77,16 +77,19 @@ int cli_import_dir(const struct cli_import *req);
 
 /* socket-dir.c: what `--tpmstate dir=DIR` serves, decided with DIR/.lock
  * held: the image img alone or with older swtpm files (CLI_DIR_IMAGE), swtpm's
- * files alone (CLI_DIR_SWTPM: to import), neither (CLI_DIR_NEW). Both, with
- * swtpm's files newer than the image, is an error naming both (exit 9). */
-enum cli_dir_state { CLI_DIR_NEW, CLI_DIR_IMAGE, CLI_DIR_SWTPM };
+ * files alone (CLI_DIR_SWTPM: to import), swtpm's files newer than the image
+ * (CLI_DIR_SWTPM_NEWER: to import, the image set aside), neither
+ * (CLI_DIR_NEW). */
+enum cli_dir_state { CLI_DIR_NEW, CLI_DIR_IMAGE, CLI_DIR_SWTPM, CLI_DIR_SWTPM_NEWER };
 struct mig_dir_files;
 int cli_dir_inspect(const char *dir, const char *img, int tpm_version, enum cli_dir_state *state,
                     struct mig_dir_files *files);
 /* Import swtpm's files in dir into the new image img (an interrupted
- * import's leftovers removed first); one line on log_fd says so. */
+ * import's leftovers removed first); replacing (the files, newer than the
+ * image) renames the image there to IMG.replaced-TIME first (and back if the
+ * import fails). Lines on log_fd say what happened. */
 int cli_dir_import(const char *dir, const char *img, int tpm_version, const struct nvram_key *key,
-                   unsigned mode, int log_fd);
+                   unsigned mode, const struct mig_dir_files *replacing, int log_fd);
 
 int cmd_check(int argc, char **argv);
 int cmd_create(int argc, char **argv);

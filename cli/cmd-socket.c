@@ -7,6 +7,7 @@
 #include <grp.h>
 #include <json-c/json.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,7 @@ struct socket_opts {
     bool not_need_init, daemon, print_caps, print_states, incoming, no_sync;
     const char *pid_file;
     int pid_fd;
+    char pid_written[4096]; /* the pid file written, removed at the end */
     const char *runas;
     const char *log_file;
     int log_fd;
@@ -44,8 +46,9 @@ struct socket_opts {
     char *copies[32]; /* option values are parsed in copies: argv stays as typed */
     int ncopies;
     /* while serving */
-    int dir_lock_fd;              /* DIR/.lock, held as swtpm holds it */
-    enum cli_dir_state dir_state; /* what dir= holds */
+    int dir_lock_fd;                /* DIR/.lock, held as swtpm holds it */
+    enum cli_dir_state dir_state;   /* what dir= holds */
+    struct mig_dir_files dir_files; /* swtpm's files there */
     struct fdstash stash;
     struct nvram_storage *storage;
     int start_code; /* the exit code of a start that failed after the sockets opened */
@@ -56,6 +59,20 @@ static char *copy_arg(struct socket_opts *o, const char *arg)
     if (o->ncopies == (int)(sizeof(o->copies) / sizeof(o->copies[0])))
         return NULL;
     return o->copies[o->ncopies++] = strdup(arg);
+}
+
+/* --runas as root: the files nvtpm makes for the TPM (image, DIR/.lock, the
+ * pid and log files) belong to that user, as swtpm's do, so that the server
+ * (after the drop) and the user's later runs (swtpm_setup --runas) can use
+ * them. A descriptor, or a path (fd < 0). Best effort: the drop itself fails
+ * loudly if something is wrong with the user. */
+static void give_to_runas(const struct socket_opts *o, int fd, const char *path)
+{
+    struct passwd *pw = o->runas && geteuid() == 0 ? getpwnam(o->runas) : NULL;
+    if (pw &&
+        (fd >= 0 ? fchown(fd, pw->pw_uid, pw->pw_gid) : chown(path, pw->pw_uid, pw->pw_gid)) < 0)
+        fprintf(stderr, "nvtpm: --runas %s: cannot give %s to that user: %s\n", o->runas,
+                path ? path : "a file", strerror(errno));
 }
 
 /* ---- option values: name=value,name,... ------------------------------------------------ */
@@ -124,6 +141,25 @@ static int parse_fd_value(const char *opt, const struct kv *kv, int *fd)
     return r;
 }
 
+/* uid= or gid=: a number or, as swtpm takes them, a user or group name. */
+static int parse_owner(const char *opt, const struct kv *kv, long *id)
+{
+    uint64_t v;
+    if (need_value(opt, kv))
+        return CLI_EXIT_USAGE;
+    if (nv_parse_u64(kv->value, 1u << 31, &v) == 0) {
+        *id = (long)v;
+        return 0;
+    }
+    struct passwd *pw = kv->name[0] == 'u' ? getpwnam(kv->value) : NULL;
+    struct group *gr = kv->name[0] == 'g' ? getgrnam(kv->value) : NULL;
+    if (!pw && !gr)
+        return cli_fail(CLI_EXIT_USAGE, "socket: %s: %s=%s is no %s", opt, kv->name, kv->value,
+                        kv->name[0] == 'u' ? "user" : "group");
+    *id = pw ? (long)pw->pw_uid : (long)gr->gr_gid;
+    return 0;
+}
+
 /* --server and --ctrl */
 static int parse_channel(const char *opt, char *text, struct tpm_channel_config *c, bool is_ctrl)
 {
@@ -154,10 +190,8 @@ static int parse_channel(const char *opt, char *text, struct tpm_channel_config 
             c->type = TPM_CHANNEL_CLIENTFD;
         else if (strcmp(k, "mode") == 0)
             r = parse_mode(opt, &kv[i], &c->mode);
-        else if (strcmp(k, "uid") == 0 && !(r = parse_uint(opt, &kv[i], 1u << 31, &v)))
-            c->uid = (long)v;
-        else if (strcmp(k, "gid") == 0 && !(r = parse_uint(opt, &kv[i], 1u << 31, &v)))
-            c->gid = (long)v;
+        else if (strcmp(k, "uid") == 0 || strcmp(k, "gid") == 0)
+            r = parse_owner(opt, &kv[i], k[0] == 'u' ? &c->uid : &c->gid);
         else if (strcmp(k, "disconnect") == 0 && !is_ctrl)
             c->disconnect = true;
         else if (strcmp(k, "terminate") == 0 && is_ctrl)
@@ -168,7 +202,7 @@ static int parse_channel(const char *opt, char *text, struct tpm_channel_config 
     if (r)
         return r;
     if (!type)
-        return cli_fail(CLI_EXIT_USAGE, "socket: %s needs type=tcp or type=unixio", opt);
+        type = "tcp"; /* swtpm's default */
     if (c->type == TPM_CHANNEL_FD || c->type == TPM_CHANNEL_CLIENTFD)
         return 0;
     if (strcmp(type, "tcp") == 0) {
@@ -252,9 +286,9 @@ static int parse_list(const char *opt, char *text, const char *const *allowed,
         else if (strcmp(k, "reject-locality-4") == 0)
             o->server.reject_locality_4 = o->backend.reject_locality_4 = true;
         else if (strcmp(k, "incoming") == 0)
-            o->incoming = true;
+            o->incoming = o->server.migration = true;
         else if (strcmp(k, "release-lock-outgoing") == 0)
-            o->server.release_lock_outgoing = true;
+            o->server.release_lock_outgoing = o->server.migration = true;
         /* allow-set-locality: the control channel always may */
     }
     return 0;
@@ -278,8 +312,20 @@ static int parse_pid_or_log(const char *opt, char *text, struct socket_opts *o)
             r = parse_fd_value(opt, &kv[i], is_log ? &o->log_fd : &o->pid_fd);
         else if (strcmp(k, "level") == 0 && !(r = parse_uint(opt, &kv[i], 100, &v)))
             o->log_level = (unsigned)v;
+        else if (strcmp(k, "prefix") == 0 && !(r = need_value(opt, &kv[i])))
+            o->backend.debug_prefix = kv[i].value;
     }
     return r;
+}
+
+/* -p PORT / -f FD: the data channel as swtpm's first options named it */
+static int parse_data_shorthand(int c, char *arg, struct socket_opts *o)
+{
+    char text[64];
+    if (o->server.data.type != TPM_CHANNEL_NONE)
+        return cli_fail(CLI_EXIT_USAGE, "socket: -%c: the data channel is given twice", c);
+    snprintf(text, sizeof(text), "%s=%s", c == 'p' ? "type=tcp,port" : "fd", arg);
+    return parse_channel(c == 'p' ? "--port" : "--fd", text, &o->server.data, false);
 }
 
 /* ---- help, capabilities, states ------------------------------------------------------ */
@@ -304,7 +350,7 @@ static const char socket_usage[] =
     "\n"
     "  --tpmstate   file=IMG: the image, created (4 MiB, mode=, default 0640) if absent and\n"
     "               formatted if blank; dir=DIR: the image DIR/tpm-00.qcow2, swtpm's files\n"
-    "               there imported into it if it is absent (docs/libvirt.md); backend-uri=\n"
+    "               there imported when alone or newer (docs/libvirt.md); backend-uri=\n"
     "               file://IMG or dir://DIR; fd=N: an image passed as a descriptor\n"
     "  --server     the data channel (TCP on 127.0.0.1 unless bindaddr=; UNIX sockets\n"
     "               mode 0600 unless mode=); fd=N: an inherited listening or connected socket\n"
@@ -316,7 +362,8 @@ static const char socket_usage[] =
     "               HMAC-SHA256) and may arrive so; plain blobs are accepted too\n"
     "  --platform   the MS simulator's platform port, for tpm2-tss's mssim TCTI\n"
     "  --no-sync    commits skip fdatasync (faster; an acknowledged write can be lost)\n"
-    "  --log        level>=5 logs every command and response; >=20 libtpms' debug output\n"
+    "  --log        level>=5 logs every command and response, and libtpms' debug output\n"
+    "               at its level N-4 (as swtpm)\n"
     "  --migration  incoming: start even while another process (the source) owns the\n"
     "               image; SET_STATEBLOB or INIT takes it. release-lock-outgoing: give it up\n"
     "               once the savestate blob is read; LOCK_STORAGE takes it back\n"
@@ -328,8 +375,7 @@ static const char socket_usage[] =
     "\n"
     "Exit codes: 0 clean exit, 1 usage, 2 not an nvtpm image or damaged, 4 key missing,\n"
     "5 wrong key, 6 key given for a plain image, 7 the image (or dir=) is in use, 8 the\n"
-    "image holds the other TPM version's state, 9 other errors (dir= holding an image\n"
-    "and newer swtpm files among them). See docs/nvtpm-socket.md.\n";
+    "image holds the other TPM version's state, 9 other errors. See docs/nvtpm-socket.md.\n";
 
 static int print_capabilities(int tpm_version)
 {
@@ -337,12 +383,9 @@ static int print_capabilities(int tpm_version)
                                            "tpm-2.0",
                                            "tpm-send-command-header",
                                            "flags-opt-startup",
-                                           "flags-opt-disable-auto-shutdown",
-                                           "ctrl-opt-terminate",
                                            "cmdarg-key-fd",
                                            "cmdarg-pwd-fd",
                                            "cmdarg-print-states",
-                                           "cmdarg-migration",
                                            "nvram-backend-dir",
                                            "nvram-backend-file",
                                            NULL};
@@ -389,7 +432,7 @@ static int print_states(const struct socket_opts *o)
         int code = cli_dir_inspect(o->state_dir, o->state_path, o->tpm_version, &ds, &files);
         if (code)
             return code;
-        for (int b = 0; b < NVRAM_BLOBS && ds == CLI_DIR_SWTPM; b++)
+        for (int b = 0; b < NVRAM_BLOBS && (ds == CLI_DIR_SWTPM || ds == CLI_DIR_SWTPM_NEWER); b++)
             sizes[b] = files.present & (1u << b) ? files.size[b] : -1;
         if (ds != CLI_DIR_IMAGE) {
             print_state_list(sizes);
@@ -453,23 +496,36 @@ static struct nvram_storage *open_state(struct socket_opts *o, int *code)
                                        .create_size = DEFAULT_IMAGE_SIZE,
                                        .create_mode = o->state_mode ? o->state_mode : 0640,
                                        .open_unowned_if_busy = o->incoming};
+    bool existed = o->state_fd >= 0 || access(spec, F_OK) == 0;
     struct nvram_storage *st = nvram_storage_open(&so, &err);
     if (!st)
         *code = err.code == -EBUSY ? busy_message(spec, &err)
                                    : cli_fail(cli_exit_code(err.code), "%s", err.msg);
+    else if (!existed)
+        give_to_runas(o, -1, spec);
     return st;
 }
 
 /* ---- once the sockets exist: daemon, pid file, user ------------------------------------- */
 
+/* The pid file; its path is kept (for fd=, what the descriptor names), so
+ * that the process removes it when it ends, as swtpm does. */
 static int write_pid(struct socket_opts *o, struct nv_error *err)
 {
-    char text[32];
+    char text[32], link[64];
     int n = snprintf(text, sizeof(text), "%d", (int)getpid());
     int fd = o->pid_fd >= 0 ? o->pid_fd
                             : open(o->pid_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return nv_error_set(err, -errno, "--pid: %s: %s", o->pid_file, strerror(errno));
+    if (o->pid_fd >= 0) {
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+        ssize_t len = readlink(link, o->pid_written, sizeof(o->pid_written) - 1);
+        o->pid_written[len > 0 && o->pid_written[0] == '/' ? len : 0] = '\0';
+    } else {
+        snprintf(o->pid_written, sizeof(o->pid_written), "%s", o->pid_file);
+    }
+    give_to_runas(o, fd, "the pid file");
     int r = write(fd, text, (size_t)n) == n ? 0 : -EIO;
     close(fd);
     return r < 0 ? nv_error_set(err, r, "--pid: cannot write the pid") : 0;
@@ -484,10 +540,14 @@ static int start_tpm(struct socket_opts *o)
     struct nv_error err = {0};
     int code = 0;
     unsigned mode = o->state_mode ? o->state_mode : 0640;
-    if (o->dir_state == CLI_DIR_SWTPM &&
-        (code = cli_dir_import(o->state_dir, o->state_path, o->tpm_version,
-                               o->have_key ? &o->key : NULL, mode, o->log_fd)) != 0)
+    bool import = o->dir_state == CLI_DIR_SWTPM || o->dir_state == CLI_DIR_SWTPM_NEWER;
+    if (import && (code = cli_dir_import(o->state_dir, o->state_path, o->tpm_version,
+                                         o->have_key ? &o->key : NULL, mode,
+                                         o->dir_state == CLI_DIR_SWTPM_NEWER ? &o->dir_files : NULL,
+                                         o->log_fd)) != 0)
         return code;
+    if (import)
+        give_to_runas(o, -1, o->state_path);
     if (!o->storage && !(o->storage = open_state(o, &code)))
         return code;
     struct nvram_options no = {.tpm_version = o->tpm_version,
@@ -502,7 +562,9 @@ static int start_tpm(struct socket_opts *o)
     o->backend.debug_fd = o->log_fd;
     if (tpm_backend_init(&o->backend, &err) < 0)
         return cli_fail(CLI_EXIT_NOT_LOADABLE, "%s", err.msg);
-    if (o->not_need_init && tpm_backend_start(false) != 0)
+    /* swtpm starts the TPM at once also when a startup command is asked for */
+    if ((o->not_need_init || o->backend.startup != TPM_STARTUP_NONE) &&
+        tpm_backend_start(false) != 0)
         return cli_fail(CLI_EXIT_NOT_LOADABLE, "%s: libtpms could not start the TPM from it",
                         nvram_storage_name(o->storage));
     o->server.storage = o->storage;
@@ -547,7 +609,9 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
         O_PRINTCAPS,
         O_PRINTSTATES,
         O_TPM2,
-        O_SECCOMP
+        O_SECCOMP,
+        O_PORT,
+        O_FD
     };
     static const struct option lo[] = {{"tpm2", no_argument, NULL, O_TPM2},
                                        {"tpmstate", required_argument, NULL, O_TPMSTATE},
@@ -565,6 +629,8 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
                                        {"seccomp", required_argument, NULL, O_SECCOMP},
                                        {"print-capabilities", no_argument, NULL, O_PRINTCAPS},
                                        {"print-states", no_argument, NULL, O_PRINTSTATES},
+                                       {"port", required_argument, NULL, 'p'},
+                                       {"fd", required_argument, NULL, 'f'},
                                        {"daemon", no_argument, NULL, 'd'},
                                        {"terminate", no_argument, NULL, 't'},
                                        {"runas", required_argument, NULL, 'r'},
@@ -583,7 +649,7 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
     bool have_state = false;
     optind = 1;
     opterr = 0;
-    while (r == 0 && (c = getopt_long(argc, argv, "dtr:h", lo, NULL)) != -1) {
+    while (r == 0 && (c = getopt_long(argc, argv, "dtr:hp:f:", lo, NULL)) != -1) {
         char *arg = optarg ? copy_arg(o, optarg) : NULL;
         if (optarg && !arg) {
             r = cli_fail(CLI_EXIT_USAGE, "socket: too many options");
@@ -649,6 +715,10 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
         case O_PRINTSTATES:
             o->print_states = true;
             break;
+        case 'p': /* swtpm's older spelling of --server type=tcp,port=P */
+        case 'f': /* and of --server fd=N (a socket, or a character device) */
+            r = parse_data_shorthand(c, arg, o);
+            break;
         case 'd':
             o->daemon = true;
             break;
@@ -667,8 +737,18 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
     }
     if (r == 0 && optind < argc)
         r = cli_fail(CLI_EXIT_USAGE, "socket: unexpected argument '%s'", argv[optind]);
+    /* swtpm's other way to name the state folder: the environment's TPM_PATH */
+    const char *tpm_path = getenv("TPM_PATH");
+    if (r == 0 && !have_state && tpm_path && *tpm_path) {
+        char dir[4096 + 8];
+        snprintf(dir, sizeof(dir), "dir=%s", tpm_path);
+        char *arg = copy_arg(o, dir);
+        r = arg ? parse_tpmstate(arg, o) : cli_fail(CLI_EXIT_ERROR, "socket: too many options");
+        have_state = r == 0;
+    }
     if (r == 0 && !o->print_caps && !have_state)
-        r = cli_fail(CLI_EXIT_USAGE, "socket: --tpmstate is needed (see nvtpm socket --help)");
+        r = cli_fail(CLI_EXIT_USAGE, "socket: --tpmstate (or TPM_PATH) is needed (see nvtpm "
+                                     "socket --help)");
     if (r == 0 && !o->print_caps && !o->print_states && o->server.ctrl.type == TPM_CHANNEL_NONE &&
         o->server.data.type == TPM_CHANNEL_NONE)
         r = cli_fail(CLI_EXIT_USAGE, "socket: give --server, --ctrl or both");
@@ -684,6 +764,7 @@ static int open_log(struct socket_opts *o)
     o->log_fd = open(o->log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (o->log_fd < 0)
         return cli_fail(CLI_EXIT_ERROR, "--log: %s: %s", o->log_file, strerror(errno));
+    give_to_runas(o, o->log_fd, o->log_file);
     return 0;
 }
 
@@ -701,10 +782,11 @@ static int derive_blob_keys(struct socket_opts *o)
 static int prepare_dir(struct socket_opts *o)
 {
     struct nv_error err = {0};
-    struct mig_dir_files files;
     if (mig_dir_lock(o->state_dir, o->state_mode ? o->state_mode : 0640, &o->dir_lock_fd, &err) < 0)
         return cli_fail(err.code == -EBUSY ? CLI_EXIT_BUSY : CLI_EXIT_ERROR, "%s", err.msg);
-    return cli_dir_inspect(o->state_dir, o->state_path, o->tpm_version, &o->dir_state, &files);
+    give_to_runas(o, o->dir_lock_fd, ".lock");
+    return cli_dir_inspect(o->state_dir, o->state_path, o->tpm_version, &o->dir_state,
+                           &o->dir_files);
 }
 
 /* Hold the state's locks (a second server is refused before it makes a
@@ -713,10 +795,19 @@ static int serve(struct socket_opts *o)
 {
     struct nv_error err = {0};
     int code = 0;
+    /* Stopping signals stay blocked after the server's loop has taken them
+     * (it restores the mask it found): one that comes while the process ends
+     * must not kill it before the pid file is removed. */
+    sigset_t stops;
+    sigemptyset(&stops);
+    sigaddset(&stops, SIGTERM);
+    sigaddset(&stops, SIGINT);
+    sigaddset(&stops, SIGHUP);
+    sigprocmask(SIG_BLOCK, &stops, NULL);
     fdstash_init(&o->stash);
     if (o->state_dir)
         code = prepare_dir(o);
-    if (code == 0 && o->dir_state != CLI_DIR_SWTPM)
+    if (code == 0 && (o->dir_state == CLI_DIR_NEW || o->dir_state == CLI_DIR_IMAGE))
         o->storage = open_state(o, &code);
     if (code == 0) {
         o->server.file_key = o->have_key;
@@ -749,6 +840,8 @@ int cmd_socket(int argc, char **argv)
                          : cli_fail(CLI_EXIT_USAGE, "socket: --print-states needs file= or dir=");
     else if (r == 0 && (r = derive_blob_keys(&o)) == 0 && (r = open_log(&o)) == 0)
         r = serve(&o);
+    if (o.pid_written[0])
+        unlink(o.pid_written);
     nvram_key_wipe(&o.key);
     nvram_key_wipe(&o.migration_key);
     mig_key_wipe(&o.key_aes);

@@ -150,6 +150,16 @@ static void print_help(void)
            "qemu-img check's codes (1 error, 2 corruption, 3 leaks). See nvtpm(1).\n");
 }
 
+/* swtpm's chardev and cuse interfaces: swtpm's own words for what it lacks,
+ * which its tests look for. */
+static int unsupported_interface(const char *prog, const char *cmd)
+{
+    return cli_fail(EXIT_USAGE,
+                    "%s: Unsupported TPM interface: nvtpm serves `socket` only (not chardev or "
+                    "cuse); run '%s --help'",
+                    cmd, prog);
+}
+
 /* Run as "swtpm" (the compatibility directory's link, docs/libvirt.md): swtpm's
  * command line, of which nvtpm serves `swtpm socket`. */
 static int main_as_swtpm(int argc, char **argv)
@@ -170,10 +180,7 @@ static int main_as_swtpm(int argc, char **argv)
                "imported). Run 'swtpm socket --help' for the options, see docs/libvirt.md.\n");
         return 0;
     }
-    return cli_fail(EXIT_USAGE,
-                    "swtpm %s: this swtpm is nvtpm, which serves `swtpm socket` only (not "
-                    "chardev or cuse); run 'swtpm --help'",
-                    cmd);
+    return unsupported_interface("swtpm", cmd);
 }
 
 int main(int argc, char **argv)
@@ -197,6 +204,8 @@ int main(int argc, char **argv)
     for (const struct subcommand *c = subcommands; c->name; c++)
         if (strcmp(cmd, c->name) == 0)
             return c->run(argc - 1, argv + 1);
+    if (strcmp(cmd, "chardev") == 0 || strcmp(cmd, "cuse") == 0)
+        return unsupported_interface("nvtpm", cmd);
     if (cmd[0] == '-')
         fprintf(stderr, "nvtpm: unknown option '%s'; run 'nvtpm --help'\n", cmd);
     else

@@ -1,9 +1,10 @@
 /* socket-dir.c - `nvtpm socket --tpmstate dir=DIR`: a folder that swtpm and
  * nvtpm may both have served. nvtpm's state is the image DIR/tpm-00.qcow2;
  * swtpm's, its files DIR/tpm2-00.permall and so on. Which one is the TPM is
- * decided here, never guessed: the image alone, swtpm's files alone (then
- * they are imported into a new image), neither (a new TPM), or both, which is
- * an error when swtpm wrote its files after the image was last written. */
+ * decided here by one rule, swtpm's own: the folder's swtpm files are the
+ * TPM when there is no image or when they were written after the image (then
+ * they are imported into a new image, and an image already there is kept
+ * beside it, renamed); otherwise the image is. Nothing is ever lost. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -58,25 +59,46 @@ int cli_dir_inspect(const char *dir, const char *img, int tpm_version, enum cli_
         *state = CLI_DIR_SWTPM;
         return 0;
     }
-    if (!later(&files->newest, &st.st_mtim)) { /* the files an import left behind */
-        *state = CLI_DIR_IMAGE;
-        return 0;
+    /* Files older than the image are the import's record; newer ones mean
+     * swtpm wrote them since (it ran on the folder, or its files were put
+     * back): like swtpm, serve them. The image is kept beside (cli_dir_import). */
+    *state = later(&files->newest, &st.st_mtim) ? CLI_DIR_SWTPM_NEWER : CLI_DIR_IMAGE;
+    return 0;
+}
+
+/* The image moved aside before a newer state is imported: IMG.replaced-TIME,
+ * never over another file. */
+static int set_image_aside(const char *img, char *aside, size_t size)
+{
+    char stamp[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", gmtime_r(&now, &tm));
+    for (int i = 0; i < 100; i++) {
+        snprintf(aside, size, "%s.replaced-%s%s%.0d", img, stamp, i ? "-" : "", i);
+        if (link(img, aside) == 0 && unlink(img) == 0)
+            return 0;
+        if (errno != EEXIST)
+            return cli_fail(CLI_EXIT_ERROR, "%s: cannot move it aside to %s: %s", img, aside,
+                            strerror(errno));
     }
-    char names[128], t1[32], t2[32];
-    return cli_fail(CLI_EXIT_ERROR,
-                    "%s holds two TPM states: nvtpm's image %s (last written %s) and swtpm's "
-                    "%s (written later, %s), so swtpm ran on this folder since; to serve "
-                    "swtpm's state move the image away (its files are then imported), to "
-                    "serve the image move swtpm's files away (docs/libvirt.md)",
-                    dir, img, when(&st.st_mtim, t1, sizeof(t1)),
-                    file_names(tpm_version, files->present, names, sizeof(names)),
-                    when(&files->newest, t2, sizeof(t2)));
+    return cli_fail(CLI_EXIT_ERROR, "%s: no free name to move it aside", img);
 }
 
 int cli_dir_import(const char *dir, const char *img, int tpm_version, const struct nvram_key *key,
-                   unsigned mode, int log_fd)
+                   unsigned mode, const struct mig_dir_files *replacing, int log_fd)
 {
-    char tmp[PATH_MAX];
+    char tmp[PATH_MAX], aside[PATH_MAX + 64], why[512] = "";
+    int code;
+    struct stat st;
+    if (replacing && stat(img, &st) == 0) {
+        char names[128], t1[32], t2[32];
+        snprintf(why, sizeof(why), "%s (written %s) newer than the image (last written %s)",
+                 file_names(tpm_version, replacing->present, names, sizeof(names)),
+                 when(&replacing->newest, t2, sizeof(t2)), when(&st.st_mtim, t1, sizeof(t1)));
+    }
+    if (replacing && (code = set_image_aside(img, aside, sizeof(aside))) != 0)
+        return code;
     snprintf(tmp, sizeof(tmp), "%s.importing", img);
     /* The folder's lock is held: an .importing file is an interrupted import's. */
     if (unlink(tmp) == 0)
@@ -92,7 +114,14 @@ int cli_dir_import(const char *dir, const char *img, int tpm_version, const stru
                              .mode = mode,
                              .quiet = true,
                              .dir_locked = true};
-    int code = cli_import_dir(&req);
+    code = cli_import_dir(&req);
+    if (code && replacing && link(aside, img) == 0) /* the import failed: back as it was */
+        unlink(aside);
+    else if (code == 0 && replacing)
+        dprintf(log_fd,
+                "nvtpm: %s holds swtpm's %s: swtpm's state is served, imported anew; the image "
+                "%s is kept as %s\n",
+                dir, why, img, aside);
     if (code == 0)
         dprintf(log_fd,
                 "nvtpm: imported swtpm's TPM %s state from %s into %s%s; swtpm's files "

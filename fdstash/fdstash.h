@@ -68,8 +68,10 @@ ssize_t fdstash_recvmsg(int sock, void *buf, size_t len, int *fds, size_t max_fd
 /* Kinds of descriptor, as a bit mask of what is acceptable. */
 enum fdstash_kind {
     FDSTASH_LISTENING_SOCKET = 1u << 0, /* a SOCK_STREAM socket in listen() */
-    FDSTASH_CONNECTED_SOCKET = 1u << 1, /* a connected SOCK_STREAM socket */
+    FDSTASH_CONNECTED_SOCKET = 1u << 1, /* a connected stream, datagram or seqpacket socket
+                                         * (one end of a socketpair, say) */
     FDSTASH_FILE = 1u << 2,             /* a regular file or a block device */
+    FDSTASH_CHAR_DEVICE = 1u << 3,      /* a character device (a pty, say) */
 };
 
 /* Parse "N" or "fd=N" (decimal, no sign) into *fd. */

@@ -32,10 +32,11 @@ int fdstash_parse_fd(const char *text, int *fd, struct nv_error *err)
 static const char *kind_names(unsigned kinds, char *buf, size_t size)
 {
     static const char *const names[] = {"a listening socket", "a connected socket",
-                                        "a regular file or block device"};
+                                        "a regular file or block device",
+                                        "a character device"};
     buf[0] = '\0';
     size_t used = 0;
-    for (unsigned i = 0; i < 3; i++) {
+    for (unsigned i = 0; i < 4; i++) {
         if (!(kinds & (1u << i)))
             continue;
         int n = snprintf(buf + used, size - used, "%s%s", used ? " or " : "", names[i]);
@@ -51,7 +52,8 @@ static unsigned socket_kind(int fd)
 {
     int type = 0, listening = 0;
     socklen_t len = sizeof(type);
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM)
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
+        (type != SOCK_STREAM && type != SOCK_DGRAM && type != SOCK_SEQPACKET))
         return 0;
     len = sizeof(listening);
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening)
@@ -76,6 +78,8 @@ int fdstash_check_fd(int fd, unsigned kinds, struct nv_error *err)
         is = socket_kind(fd);
     else if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))
         is = FDSTASH_FILE;
+    else if (S_ISCHR(st.st_mode))
+        is = FDSTASH_CHAR_DEVICE;
     if (!(is & kinds))
         return nv_error_set(err, -EINVAL, "descriptor %d is not %s", fd,
                             kind_names(kinds, want, sizeof(want)));

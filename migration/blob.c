@@ -118,6 +118,15 @@ int mig_find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **val
     return nv_error_set(err, -EBADMSG, "state blob: no TLV with tag %u", tag);
 }
 
+bool mig_has_header(const uint8_t *blob, size_t len)
+{
+    /* swtpm tells them by the total length alone; a header cut short or
+     * grown (version 2, readable by 1, 10 bytes long) is a damaged file, not
+     * an old one: the state of an old file never starts so. */
+    return len >= MIG_HEADER_SIZE && (nv_be32(blob + 6) == len ||
+                                      (blob[0] == 2 && blob[1] == 1 && nv_be16(blob + 2) == 10));
+}
+
 static int check_header(const uint8_t *blob, size_t len, struct nv_error *err)
 {
     if (len < MIG_HEADER_SIZE)
@@ -132,10 +141,7 @@ static int check_header(const uint8_t *blob, size_t len, struct nv_error *err)
                             "state blob: header size %u or total length %u does "
                             "not fit its %zu bytes",
                             hsize, total, len);
-    /* Version 1 writers authenticated differently; swtpm has written
-     * version 2 since encryption has had an IV TLV. */
-    if ((flags & (MIG_FLAG_ENCRYPTED | MIG_FLAG_MIGRATION_ENCRYPTED)) && blob[0] < 2)
-        return nv_error_set(err, -ENOTSUP, "state blob: encrypted blob of version %u", blob[0]);
+    (void)flags;
     return 0;
 }
 
@@ -151,6 +157,26 @@ static void layer_free(struct layer *l)
         mig_wipe(l->plain, l->len);
     free(l->plain);
     l->plain = NULL;
+}
+
+/* A version 1 blob's layer (swtpm's older writers): no TLVs, AES-CBC with a
+ * zero IV over SHA-256 || data (mig_cbc_open_v1). */
+static int open_layer_v1(const struct mig_key *key, const char *which, const uint8_t **p,
+                         size_t *plen, struct layer *owned, struct nv_error *err)
+{
+    uint8_t *plain = NULL;
+    size_t plain_len = 0;
+    if (!key)
+        return nv_error_set(err, -ENOKEY, "state blob: encrypted with the %s key, none given",
+                            which);
+    int r = mig_cbc_open_v1(key, *p, *plen, &plain, &plain_len, err);
+    if (r < 0)
+        return nv_error_prefix(err, r, "%s key", which);
+    layer_free(owned);
+    *owned = (struct layer){plain, plain_len};
+    *p = plain;
+    *plen = plain_len;
+    return 0;
 }
 
 /* Open one encryption layer: p and plen then point into owned. */
@@ -194,16 +220,21 @@ int mig_blob_unwrap(const uint8_t *blob, size_t len, const struct mig_key *migra
     const uint8_t *p = blob + hsize;
     size_t plen = len - hsize;
     struct layer owned = {0};
-    if (flags & MIG_FLAG_MIGRATION_ENCRYPTED)
+    bool v1 = blob[0] < 2; /* version 1: no TLVs, layers as mig_cbc_open_v1 */
+    if ((flags & MIG_FLAG_MIGRATION_ENCRYPTED) && v1)
+        r = open_layer_v1(migration_key, "migration", &p, &plen, &owned, err);
+    else if (flags & MIG_FLAG_MIGRATION_ENCRYPTED)
         r = open_layer(migration_key, "migration", MIG_FLAG_MIGRATION_KEY_256, flags,
                        MIG_TAG_ENCRYPTED_MIGRATION_DATA, MIG_TAG_MIGRATION_IVEC, &p, &plen, &owned,
                        err);
-    else if (flags & MIG_FLAG_MIGRATION_DATA)
+    else if ((flags & MIG_FLAG_MIGRATION_DATA) && !v1)
         r = mig_find_tlv(p, plen, MIG_TAG_MIGRATION_DATA, &p, &plen, err);
-    if (r == 0 && (flags & MIG_FLAG_ENCRYPTED))
+    if (r == 0 && (flags & MIG_FLAG_ENCRYPTED) && v1)
+        r = open_layer_v1(state_key, "state", &p, &plen, &owned, err);
+    else if (r == 0 && (flags & MIG_FLAG_ENCRYPTED))
         r = open_layer(state_key, "state", MIG_FLAG_STATE_KEY_256, flags, MIG_TAG_ENCRYPTED_DATA,
                        MIG_TAG_IVEC, &p, &plen, &owned, err);
-    else if (r == 0)
+    else if (r == 0 && !v1)
         r = mig_find_tlv(p, plen, MIG_TAG_DATA, &p, &plen, err);
     if (r == 0) {
         *state = malloc(plen ? plen : 1);

@@ -1,7 +1,9 @@
 /* cbc.c - swtpm's blob encryption: AES-128/256-CBC with a random IV, the
  * plaintext padded to a multiple of the key length, authenticated by
  * HMAC-SHA256 (keyed with the AES key) over the ciphertext followed by the
- * IV. The HMAC is checked, in constant time, before anything is decrypted. */
+ * IV. The HMAC is checked, in constant time, before anything is decrypted.
+ * Also the format of swtpm's state files before they had a header: AES-CBC
+ * with a zero IV over SHA-256(state) followed by the state. */
 #include "internal.h"
 
 #include <errno.h>
@@ -12,6 +14,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 
 #define HMAC_LEN  32u
 #define AES_BLOCK 16u
@@ -170,5 +173,42 @@ int mig_cbc_open(const struct mig_key *key, const uint8_t *in, size_t len, uint1
     r = decrypt_padded(key, iv, ct, ct_len, out, out_len);
     if (r < 0)
         return nv_error_set(err, r, "state blob: padding is wrong after decryption");
+    return 0;
+}
+
+int mig_cbc_open_v1(const struct mig_key *key, const uint8_t *in, size_t len, uint8_t **out,
+                    size_t *out_len, struct nv_error *err)
+{
+    static const uint8_t zero_iv[AES_BLOCK];
+    uint8_t *plain = NULL, digest[SHA256_DIGEST_LENGTH];
+    size_t plain_len = 0;
+    if (len == 0 || len % AES_BLOCK)
+        return nv_error_set(err, -EBADMSG,
+                            "state file of %zu bytes: not swtpm's old encrypted format "
+                            "(AES-CBC blocks)",
+                            len);
+    int r = decrypt_padded(key, zero_iv, in, len, &plain, &plain_len);
+    if (r == 0 && plain_len < SHA256_DIGEST_LENGTH)
+        r = -EBADMSG;
+    if (r == 0) {
+        SHA256(plain + SHA256_DIGEST_LENGTH, plain_len - SHA256_DIGEST_LENGTH, digest);
+        r = CRYPTO_memcmp(digest, plain, sizeof(digest)) == 0 ? 0 : -EBADMSG;
+    }
+    if (r == 0 && !(*out = malloc(plain_len - SHA256_DIGEST_LENGTH + 1)))
+        r = -ENOMEM;
+    if (r == 0) {
+        *out_len = plain_len - SHA256_DIGEST_LENGTH;
+        memcpy(*out, plain + SHA256_DIGEST_LENGTH, *out_len);
+    }
+    if (plain) {
+        mig_wipe(plain, plain_len);
+        free(plain);
+    }
+    if (r == -ENOMEM)
+        return nv_error_set(err, r, "out of memory");
+    if (r < 0) /* no authentication in that format: a wrong key shows here */
+        return nv_error_set(err, -EKEYREJECTED,
+                            "state file in swtpm's old format: the key does not decrypt it "
+                            "(padding or SHA-256 mismatch: a wrong key or a damaged file)");
     return 0;
 }

@@ -30,6 +30,16 @@ int mig_cbc_seal(const struct mig_key *key, const uint8_t *in, size_t len, uint1
 int mig_cbc_open(const struct mig_key *key, const uint8_t *in, size_t len, uint16_t ct_tag,
                  uint16_t iv_tag, uint8_t **out, size_t *out_len, struct nv_error *err);
 
+/* swtpm's state files from before the blob header (its version 1): AES-CBC
+ * with a zero IV, padded, over SHA-256(state) || state. -EKEYREJECTED when the
+ * padding or the digest is wrong (that format has no other check of the key). */
+int mig_cbc_open_v1(const struct mig_key *key, const uint8_t *in, size_t len, uint8_t **out,
+                    size_t *out_len, struct nv_error *err);
+
+/* Whether blob starts with swtpm's blob header: its total length field
+ * matches. Without one a state file is in swtpm's older format. */
+bool mig_has_header(const uint8_t *blob, size_t len);
+
 void mig_wipe(void *p, size_t len);
 
 #endif

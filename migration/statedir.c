@@ -1,6 +1,8 @@
 /* statedir.c - swtpm's state folder (--tpmstate dir=D): one file per blob,
  * each a blob in swtpm's format, plain or encrypted with the state key.
- * Reading is for `nvtpm import` and `nvtpm validate --blobs`; writing, for
+ * Files of swtpm's older format (no header: the state as it is, or encrypted
+ * by mig_cbc_open_v1's rule) are read too. Reading is for `nvtpm import` and
+ * `nvtpm validate --blobs`; writing, for
  * `nvtpm export`, is crash-safe per file (temporary name, fsync, rename, fsync
  * of the folder) and replaces state files only when asked. The folder's
  * .lock is taken as swtpm takes it, for `nvtpm socket --tpmstate dir=`. */
@@ -86,12 +88,20 @@ static int read_one(const char *path, const struct mig_key *migration_key,
     uint8_t *raw = NULL;
     size_t raw_len = 0;
     int r = read_file(path, &raw, &raw_len, err);
-    if (r == 0)
+    bool old_format = r == 0 && raw_len && !mig_has_header(raw, raw_len);
+    if (old_format && state_key) /* swtpm takes a file as encrypted when given a key */
+        r = mig_cbc_open_v1(state_key, raw, raw_len, &st->data[blob], &st->len[blob], err);
+    else if (old_format && (st->data[blob] = malloc(raw_len)))
+        memcpy(st->data[blob], raw, st->len[blob] = raw_len);
+    else if (old_format)
+        r = nv_error_set(err, -ENOMEM, "out of memory");
+    else if (r == 0)
         r = mig_blob_unwrap(raw, raw_len, migration_key, state_key, &st->data[blob], &st->len[blob],
                             err);
     if (r < 0 && raw)
         nv_error_prefix(err, r, "%s", path);
-    if (r == 0 && raw_len >= MIG_HEADER_SIZE && (nv_be16(raw + 4) & MIG_FLAG_ENCRYPTED))
+    if (r == 0 && (old_format ? state_key != NULL
+                              : raw_len >= MIG_HEADER_SIZE && (nv_be16(raw + 4) & MIG_FLAG_ENCRYPTED)))
         st->encrypted = true;
     free(raw);
     return r;

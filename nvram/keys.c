@@ -48,8 +48,9 @@ static int parse_spec(char *text, struct key_spec *ks, struct nv_error *err)
     for (char *save = NULL, *tok = strtok_r(text, ",", &save); tok;
          tok = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(tok, '=');
-        if (!eq && strcmp(tok, "remove") == 0) {
-            ks->remove = true;
+        if (strcmp(tok, "remove") == 0 || strcmp(tok, "remove=true") == 0 ||
+            strcmp(tok, "remove=false") == 0) { /* swtpm takes remove[=true|false] */
+            ks->remove = strcmp(tok, "remove=false") != 0;
             continue;
         }
         size_t i, n = sizeof(fields) / sizeof(fields[0]);

@@ -133,10 +133,12 @@ int tpm_backend_init(const struct tpm_backend_options *opts, struct nv_error *er
                             opts->tpm_version == 2 ? "2.0" : "1.2");
     if (TPMLIB_RegisterCallbacks(&cbs) != TPM_SUCCESS)
         return nv_error_set(err, -EIO, "libtpms refused the NVRAM callbacks");
-    if (opts->debug_level >= 20) {
+    if (opts->debug_level >= 5) { /* swtpm's scale: libtpms' level is 4 below */
+        char prefix[256];
+        snprintf(prefix, sizeof(prefix), "%s    ", opts->debug_prefix ? opts->debug_prefix : "");
         TPMLIB_SetDebugFD(opts->debug_fd);
-        TPMLIB_SetDebugLevel(opts->debug_level - 19);
-        TPMLIB_SetDebugPrefix("libtpms: ");
+        TPMLIB_SetDebugLevel(opts->debug_level - 4);
+        TPMLIB_SetDebugPrefix(prefix); /* libtpms copies it */
     }
     uint32_t min, max;
     be.buffer_size = TPMLIB_SetBufferSize(0, &min, &max);

@@ -4,6 +4,7 @@
 #include "ctrl.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -53,10 +54,12 @@ long ctrl_request_missing(const uint8_t *req, size_t have)
 /* Bits 0 to 14: INIT, SHUTDOWN, GET_TPMESTABLISHED, SET_LOCALITY, HASHING
  * (start, data, end), CANCEL, STORE_VOLATILE, RESET_TPMESTABLISHED,
  * GET_STATEBLOB, SET_STATEBLOB, STOP, GET_CONFIG, SET_DATAFD, SET_BUFFERSIZE,
- * GET_INFO; bit 15 the send-command header (TPM 2); bit 16 LOCK_STORAGE. */
-uint32_t ctrl_capabilities(int tpm_version)
+ * GET_INFO; bit 15 the send-command header (TPM 2): swtpm 0.7's. Bit 16,
+ * LOCK_STORAGE (swtpm 0.8's), only when --migration asks for the hand-off
+ * that needs it; the command itself is always answered. */
+uint32_t ctrl_capabilities(int tpm_version, bool migration)
 {
-    return 0x7fffu | (tpm_version == 2 ? 1u << 15 : 0) | 1u << 16;
+    return 0x7fffu | (tpm_version == 2 ? 1u << 15 : 0) | (migration ? 1u << 16 : 0);
 }
 
 static size_t result_only(uint8_t *resp, uint32_t result)
@@ -246,7 +249,7 @@ enum ctrl_action ctrl_handle(const struct ctrl_env *env, const uint8_t *req, siz
     switch (cmd) {
     case CTRL_GET_CAPABILITY:
         nv_put_be32(resp, 0);
-        nv_put_be32(resp + 4, ctrl_capabilities(tpm_backend_version()));
+        nv_put_be32(resp + 4, ctrl_capabilities(tpm_backend_version(), env->migration));
         *resp_len = 8;
         break;
     case CTRL_INIT:
@@ -309,9 +312,14 @@ enum ctrl_action ctrl_handle(const struct ctrl_env *env, const uint8_t *req, siz
             result_only(resp, env->lock_storage ? env->lock_storage(env->opaque, nv_be32(body))
                                                 : TPM_CTRL_SUCCESS);
         break;
-    default:
+    default: {
+        char msg[64]; /* swtpm logs it at every level */
+        snprintf(msg, sizeof(msg), "unknown control command 0x%08x", cmd);
+        if (env->log)
+            env->log(env->opaque, msg);
         *resp_len = result_only(resp, TPM_CTRL_BAD_ORDINAL);
         break;
+    }
     }
     return CTRL_CONTINUE;
 }

@@ -29,8 +29,9 @@ enum ctrl_command {
     CTRL_LOCK_STORAGE = 0x13,
 };
 
-#define CTRL_HASH_DATA_MAX 4096u
 #define CTRL_MAX_REQUEST   (16u + 512u * 1024u + 4096u)
+/* HASH_DATA takes as much as a request holds (swtpm takes 8 KiB and more) */
+#define CTRL_HASH_DATA_MAX (CTRL_MAX_REQUEST - 8u)
 
 /* What the server offers the handler. */
 struct ctrl_env {
@@ -38,6 +39,7 @@ struct ctrl_env {
     uint8_t *locality; /* the data channel's locality */
     bool reject_locality_4;
     bool file_key;                       /* for GET_CONFIG */
+    bool migration;                      /* --migration given: LOCK_STORAGE is announced */
     const struct mig_key *migration_key; /* NULL: blobs leave plain */
     const struct mig_key *state_key;     /* NULL: refuse state-key-encrypted blobs */
     /* SET_DATAFD: take fd as the data channel; returns a result code. */
@@ -69,6 +71,6 @@ enum ctrl_action ctrl_handle(const struct ctrl_env *env, const uint8_t *req, siz
                              uint8_t *resp, size_t *resp_len, uint8_t **big);
 
 /* The capability bits this server reports. */
-uint32_t ctrl_capabilities(int tpm_version);
+uint32_t ctrl_capabilities(int tpm_version, bool migration);
 
 #endif

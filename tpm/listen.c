@@ -86,9 +86,11 @@ static int listen_unix(const struct tpm_channel_config *c, const char *what, str
 static int inherited(const struct tpm_channel_config *c, const char *what, bool *connected,
                      struct nv_error *err)
 {
+    bool data = strcmp(what, "data channel") == 0; /* swtpm's --fd may be a pty */
     unsigned kinds = c->type == TPM_CHANNEL_CLIENTFD
                          ? FDSTASH_CONNECTED_SOCKET
-                         : FDSTASH_LISTENING_SOCKET | FDSTASH_CONNECTED_SOCKET;
+                         : FDSTASH_LISTENING_SOCKET | FDSTASH_CONNECTED_SOCKET |
+                               (data ? FDSTASH_CHAR_DEVICE : 0);
     int r = fdstash_check_fd(c->fd, kinds, err);
     if (r < 0)
         return nv_error_prefix(err, r, "%s", what);

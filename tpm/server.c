@@ -30,7 +30,9 @@
 struct server {
     const struct tpm_server_config *cfg;
     uint8_t locality;
-    int wake[2]; /* the TPM thread tells the main loop its client left */
+    int wake[2];    /* the TPM thread tells the main loop its client left */
+    int unblock[2]; /* the main loop tells the TPM thread to leave a client that is no
+                     * socket (a pty: shutdown() cannot end its read) */
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int data_fd;    /* the data client the TPM thread serves, -1: none */
@@ -38,11 +40,25 @@ struct server {
     bool stopping;
 };
 
+/* recv and send, or read and write where fd is no socket (a pty given with
+ * swtpm's --fd); send keeps MSG_NOSIGNAL for sockets. */
+static ssize_t io_recv(int fd, void *buf, size_t len)
+{
+    ssize_t n = recv(fd, buf, len, 0);
+    return n < 0 && errno == ENOTSOCK ? read(fd, buf, len) : n;
+}
+
+static ssize_t io_send(int fd, const void *buf, size_t len)
+{
+    ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+    return n < 0 && errno == ENOTSOCK ? write(fd, buf, len) : n;
+}
+
 int server_read_full(int fd, void *buf, size_t len)
 {
     uint8_t *p = buf;
     while (len) {
-        ssize_t n = recv(fd, p, len, 0);
+        ssize_t n = io_recv(fd, p, len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -57,7 +73,7 @@ int server_write_full(int fd, const void *buf, size_t len)
 {
     const uint8_t *p = buf;
     while (len) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        ssize_t n = io_send(fd, p, len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -116,9 +132,21 @@ static uint32_t failure_code(void)
  * cost three system calls per command. */
 struct reader {
     int fd;
+    int stop_fd; /* for a data channel that is no socket: readable = leave it */
     size_t have, pos;
     uint8_t buf[8192];
 };
+
+/* Wait until fd or the stop pipe is readable; -1 once asked to stop. */
+static int wait_for_data(const struct reader *r)
+{
+    struct pollfd p[2] = {{.fd = r->fd, .events = POLLIN}, {.fd = r->stop_fd, .events = POLLIN}};
+    int n;
+    do {
+        n = poll(p, 2, -1);
+    } while (n < 0 && errno == EINTR);
+    return n < 0 || p[1].revents ? -1 : 0;
+}
 
 static int reader_get(struct reader *r, void *dst, size_t len)
 {
@@ -126,8 +154,10 @@ static int reader_get(struct reader *r, void *dst, size_t len)
     while (len) {
         if (r->pos == r->have) {
             ssize_t n;
+            if (r->stop_fd >= 0 && wait_for_data(r) < 0)
+                return -1;
             do {
-                n = recv(r->fd, r->buf, sizeof(r->buf), 0);
+                n = io_recv(r->fd, r->buf, sizeof(r->buf));
             } while (n < 0 && errno == EINTR);
             if (n <= 0)
                 return -1;
@@ -154,6 +184,8 @@ static int send_response(int fd, const uint8_t *resp, uint32_t len, bool prefixe
     ssize_t n;
     do {
         n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (n < 0 && errno == ENOTSOCK)
+            n = writev(fd, msg.msg_iov, (int)msg.msg_iovlen);
     } while (n < 0 && errno == EINTR);
     if (n == (ssize_t)total)
         return 0;
@@ -223,8 +255,10 @@ void tpm_server_serve_data(int fd)
     uint32_t cap = tpm_backend_buffer_size();
     uint8_t *buf = malloc(cap);
     struct reader *rd = calloc(1, sizeof(*rd));
-    if (rd)
+    if (rd) {
         rd->fd = fd;
+        rd->stop_fd = -1;
+    }
     while (buf && rd && serve_command(&s, rd, buf, cap))
         ;
     free(rd);
@@ -257,8 +291,16 @@ static void *tpm_thread(void *opaque)
             buf = malloc(cap);
         }
         struct reader *rd = calloc(1, sizeof(*rd));
-        if (rd)
+        char drain[16];
+        while (read(s->unblock[0], drain, sizeof(drain)) > 0) /* a request for the last one */
+            ;
+        if (rd) {
+            int type;
+            socklen_t tl = sizeof(type);
             rd->fd = fd;
+            rd->stop_fd =
+                getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 ? -1 : s->unblock[0];
+        }
         while (buf && rd && serve_command(s, rd, buf, cap))
             ;
         free(rd);
@@ -273,16 +315,25 @@ static void *tpm_thread(void *opaque)
     return NULL;
 }
 
-/* Hand a connected data socket to the TPM thread; one being served is shut
- * down so that the thread moves on to this one. */
+/* Make the TPM thread leave the data client it serves (the lock held). */
+static void interrupt_data(struct server *s)
+{
+    if (s->data_fd < 0)
+        return;
+    shutdown(s->data_fd, SHUT_RDWR);
+    if (write(s->unblock[1], "x", 1) < 0 && errno != EAGAIN)
+        perror("nvtpm: unblock");
+}
+
+/* Hand a connected data socket to the TPM thread; one being served is left
+ * so that the thread moves on to this one. */
 static void give_data_fd(struct server *s, int fd)
 {
     pthread_mutex_lock(&s->lock);
     if (s->pending_fd >= 0)
         close(s->pending_fd);
     s->pending_fd = fd;
-    if (s->data_fd >= 0)
-        shutdown(s->data_fd, SHUT_RDWR);
+    interrupt_data(s);
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->lock);
 }
@@ -409,6 +460,7 @@ static bool serve_ctrl(struct server *s, int fd, uint8_t *req, bool *exit_now)
                            .locality = &s->locality,
                            .reject_locality_4 = s->cfg->reject_locality_4,
                            .file_key = s->cfg->file_key,
+                           .migration = s->cfg->migration,
                            .store_at_stop = cb_store_at_stop,
                            .migration_key = s->cfg->migration_key,
                            .state_key = s->cfg->state_key,
@@ -577,7 +629,7 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     pthread_t thread;
     sigset_t old;
     uint8_t *req = malloc(CTRL_MAX_REQUEST);
-    if (!req || pipe2(s.wake, O_CLOEXEC) < 0)
+    if (!req || pipe2(s.wake, O_CLOEXEC) < 0 || pipe2(s.unblock, O_CLOEXEC | O_NONBLOCK) < 0)
         return nv_error_set(err, -errno ? -errno : -ENOMEM, "server: %s", strerror(errno));
     pthread_mutex_init(&s.lock, NULL);
     pthread_cond_init(&s.cond, NULL);
@@ -605,8 +657,7 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     if (r == 0 || l.done) {
         pthread_mutex_lock(&s.lock);
         s.stopping = true;
-        if (s.data_fd >= 0)
-            shutdown(s.data_fd, SHUT_RDWR);
+        interrupt_data(&s);
         pthread_cond_signal(&s.cond);
         pthread_mutex_unlock(&s.lock);
         pthread_join(thread, NULL);
@@ -617,6 +668,8 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
         close(l.p[P_SIGNAL].fd);
     close(s.wake[0]);
     close(s.wake[1]);
+    close(s.unblock[0]);
+    close(s.unblock[1]);
     if (s.pending_fd >= 0)
         close(s.pending_fd);
     pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -42,8 +42,9 @@ struct tpm_backend_options {
     bool disable_auto_shutdown; /* no TPM2_Shutdown(SU_STATE) before stopping */
     enum tpm_startup startup;   /* sent after each start (--flags startup-...) */
     bool reject_locality_4;
-    unsigned debug_level; /* libtpms debug output at >= 20 */
+    unsigned debug_level;     /* libtpms' debug output at >= 5, at its level - 4 (swtpm's) */
     int debug_fd;
+    const char *debug_prefix; /* before each libtpms line, then four spaces (swtpm's) */
 };
 
 int tpm_backend_init(const struct tpm_backend_options *opts, struct nv_error *err);
@@ -107,7 +108,7 @@ struct tpm_channel_config {
     const char *path; /* UNIX */
     unsigned mode;    /* UNIX socket file mode; default 0600 */
     long uid, gid;    /* UNIX socket owner; -1 = unchanged */
-    int fd;           /* FD, CLIENTFD */
+    int fd;           /* FD, CLIENTFD; for data also a character device (a pty) */
     bool disconnect;  /* data: close after each response */
     bool terminate;   /* control: exit when the connection closes */
 };
@@ -121,6 +122,7 @@ struct tpm_server_config {
     const struct mig_key *migration_key; /* blobs out are encrypted, in may be */
     const struct mig_key *state_key;     /* the --key, for blobs swtpm encrypted with it */
     bool release_lock_outgoing;          /* give up ownership once the savestate blob is read */
+    bool migration;                      /* --migration given (GET_CAPABILITY's LOCK_STORAGE bit) */
     struct nvram_storage *storage;       /* for the ownership hand-off */
     unsigned log_level;                  /* >= 5: each command and response logged */
     int log_fd;

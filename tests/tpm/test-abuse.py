@@ -129,8 +129,8 @@ with tempfile.TemporaryDirectory() as tmp:
     check(ctrl(p + 1, struct.pack('>I', 0x55)) == struct.pack('>I', 0x0a),
           'an unknown control command: TPM_BAD_ORDINAL')
     check(ctrl(p + 1, b'\0\0') == b'', 'two bytes, then EOF: a clean disconnect')
-    check(ctrl(p + 1, struct.pack('>II', 7, 100000)) == struct.pack('>I', 3),
-          'HASH_DATA longer than 4096: TPM_BAD_PARAMETER')
+    check(ctrl(p + 1, struct.pack('>II', 7, 1 << 30)) == struct.pack('>I', 3),
+          'HASH_DATA claiming 1 GiB: TPM_BAD_PARAMETER')
     check(ctrl(p + 1, struct.pack('>IIII', 0x0d, 0, 1, 1 << 30)) == struct.pack('>I', 3),
           'SET_STATEBLOB claiming 1 GiB: TPM_BAD_PARAMETER')
     check(ctrl(p + 1, struct.pack('>IB', 5, 9)) == struct.pack('>I', 0x3d),

@@ -44,7 +44,7 @@ down = c.recv(4)
 c.close()
 print('caps', caps.hex(), 'shutdown', down.hex(), 'exit', proc.wait(20))
 PY
-grep -q "caps 000000000001ffff shutdown 00000000 exit 0" "$T/seed" \
+grep -q "caps 000000000000ffff shutdown 00000000 exit 0" "$T/seed" \
     && pass "a handed-over control socket: one connect, answers, clean SHUTDOWN" \
     || fail "a handed-over control socket: one connect, answers, clean SHUTDOWN" "$(cat "$T/seed")"
 expect_exit 1 "--ctrl fd= of a descriptor that is not a socket is refused" -- "$NVTPM" socket --tpm2 \

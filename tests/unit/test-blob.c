@@ -187,9 +187,68 @@ static void test_headers(void **state)
     uint8_t v3[10] = {3, 3, 0, 10, 0, 0, 0, 0, 0, 10};
     expect_refusal(v3, sizeof(v3), NULL, NULL, -ENOTSUP, "version");
     uint8_t v1enc[16] = {1, 1, 0, 10, 0, 0x02, 0, 0, 0, 16};
-    expect_refusal(v1enc, sizeof(v1enc), &key128, NULL, -ENOTSUP, "version 1");
+    expect_refusal(v1enc, sizeof(v1enc), &key128, NULL, -EBADMSG, "AES-CBC blocks");
     uint8_t shorthdr[8] = {2, 1, 0, 10};
     expect_refusal(shorthdr, sizeof(shorthdr), NULL, NULL, -EBADMSG, "shorter than a header");
+}
+
+/* swtpm's older format (its blob version 1, and state files with no header):
+ * AES-CBC with a zero IV over SHA-256(state) || state, padded to the block. */
+static size_t old_seal(const struct mig_key *key, const uint8_t *data, size_t len, uint8_t *out)
+{
+    uint8_t plain[512], iv[16] = {0};
+    int n = 0, m = 0;
+    EVP_Digest(data, len, plain, NULL, EVP_sha256(), NULL);
+    memcpy(plain + 32, data, len);
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    assert_int_equal(EVP_EncryptInit_ex(c, EVP_aes_128_cbc(), NULL, key->aes, iv), 1);
+    assert_int_equal(EVP_EncryptUpdate(c, out, &n, plain, (int)(32 + len)), 1);
+    assert_int_equal(EVP_EncryptFinal_ex(c, out + n, &m), 1); /* PKCS#7, as swtpm pads */
+    EVP_CIPHER_CTX_free(c);
+    return (size_t)(n + m);
+}
+
+static void test_old_format(void **state)
+{
+    (void)state;
+    uint8_t data[100], blob[10 + 256], *out = NULL;
+    size_t out_len = 0;
+    fill(data, sizeof(data));
+    /* a version 1 blob under the migration key, as swtpm's tests keep one */
+    size_t ct = old_seal(&key128, data, sizeof(data), blob + 10);
+    uint8_t head[10] = {1, 1, 0, 10, 0, 0x02};
+    nv_put_be32(head + 6, (uint32_t)(10 + ct));
+    memcpy(blob, head, 10);
+    assert_int_equal(mig_blob_unwrap(blob, 10 + ct, &key128, NULL, &out, &out_len, NULL), 0);
+    assert_int_equal(out_len, sizeof(data));
+    assert_memory_equal(out, data, sizeof(data));
+    free(out);
+    expect_refusal(blob, 10 + ct, &key256, NULL, -EKEYREJECTED, "does not decrypt");
+    expect_refusal(blob, 10 + ct, NULL, NULL, -ENOKEY, "migration key, none given");
+    /* a state file with no header: plain, and encrypted (read with a key) */
+    char dir[] = "/tmp/nvtpm-old-XXXXXX", path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/tpm2-00.permall", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite(blob + 10, 1, ct, f), ct);
+    fclose(f);
+    struct mig_state st;
+    assert_int_equal(mig_dir_read(dir, 2, NULL, &key128, &st, NULL), 0);
+    assert_true(st.encrypted);
+    assert_int_equal(st.len[NVRAM_PERMALL], sizeof(data));
+    assert_memory_equal(st.data[NVRAM_PERMALL], data, sizeof(data));
+    mig_state_free(&st);
+    assert_int_equal(mig_dir_read(dir, 2, NULL, &key256, &st, NULL), -EKEYREJECTED);
+    f = fopen(path, "w");
+    assert_int_equal(fwrite(data, 1, sizeof(data), f), sizeof(data));
+    fclose(f);
+    assert_int_equal(mig_dir_read(dir, 2, NULL, NULL, &st, NULL), 0);
+    assert_false(st.encrypted);
+    assert_memory_equal(st.data[NVRAM_PERMALL], data, sizeof(data));
+    mig_state_free(&st);
+    unlink(path);
+    rmdir(dir);
 }
 
 /* The state folder: written as swtpm's files, read back with the same key;
@@ -238,7 +297,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trips),    cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_plain_with_key), cmocka_unit_test(test_state_key_layer),
-        cmocka_unit_test(test_headers),        cmocka_unit_test(test_state_folder),
+        cmocka_unit_test(test_headers),
+        cmocka_unit_test(test_old_format),        cmocka_unit_test(test_state_folder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

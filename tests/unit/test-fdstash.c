@@ -382,6 +382,16 @@ static void check_fd_kinds(void **state)
         -EINVAL);
     assert_int_equal(fdstash_check_fd(dgram, FDSTASH_CONNECTED_SOCKET, &err), -EINVAL);
     assert_int_equal(fdstash_check_fd(lst, FDSTASH_FILE, &err), -EINVAL);
+    /* a datagram socket pair's end is connected (swtpm's tests hand such ends over) */
+    int dpair[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dpair), 0);
+    assert_int_equal(fdstash_check_fd(dpair[0], FDSTASH_CONNECTED_SOCKET, &err), 0);
+    close(dpair[0]);
+    close(dpair[1]);
+    int chr = open("/dev/null", O_RDWR | O_CLOEXEC);
+    assert_int_equal(fdstash_check_fd(chr, FDSTASH_CHAR_DEVICE, &err), 0);
+    assert_int_equal(fdstash_check_fd(chr, FDSTASH_FILE, &err), -EINVAL);
+    close(chr);
 
     int closed = pipe_end();
     close(closed);
