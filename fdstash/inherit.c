@@ -32,8 +32,7 @@ int fdstash_parse_fd(const char *text, int *fd, struct nv_error *err)
 static const char *kind_names(unsigned kinds, char *buf, size_t size)
 {
     static const char *const names[] = {"a listening socket", "a connected socket",
-                                        "a regular file or block device",
-                                        "a character device"};
+                                        "a regular file or block device", "a character device"};
     buf[0] = '\0';
     size_t used = 0;
     for (unsigned i = 0; i < 4; i++) {

@@ -297,8 +297,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trips),    cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_plain_with_key), cmocka_unit_test(test_state_key_layer),
-        cmocka_unit_test(test_headers),
-        cmocka_unit_test(test_old_format),        cmocka_unit_test(test_state_folder),
+        cmocka_unit_test(test_headers),        cmocka_unit_test(test_old_format),
+        cmocka_unit_test(test_state_folder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
