@@ -123,8 +123,8 @@ bool mig_has_header(const uint8_t *blob, size_t len)
     /* swtpm tells them by the total length alone; a header cut short or
      * grown (version 2, readable by 1, 10 bytes long) is a damaged file, not
      * an old one: the state of an old file never starts so. */
-    return len >= MIG_HEADER_SIZE && (nv_be32(blob + 6) == len ||
-                                      (blob[0] == 2 && blob[1] == 1 && nv_be16(blob + 2) == 10));
+    return len >= MIG_HEADER_SIZE &&
+           (nv_be32(blob + 6) == len || (blob[0] == 2 && blob[1] == 1 && nv_be16(blob + 2) == 10));
 }
 
 static int check_header(const uint8_t *blob, size_t len, struct nv_error *err)

@@ -100,8 +100,9 @@ static int read_one(const char *path, const struct mig_key *migration_key,
                             err);
     if (r < 0 && raw)
         nv_error_prefix(err, r, "%s", path);
-    if (r == 0 && (old_format ? state_key != NULL
-                              : raw_len >= MIG_HEADER_SIZE && (nv_be16(raw + 4) & MIG_FLAG_ENCRYPTED)))
+    if (r == 0 &&
+        (old_format ? state_key != NULL
+                    : raw_len >= MIG_HEADER_SIZE && (nv_be16(raw + 4) & MIG_FLAG_ENCRYPTED)))
         st->encrypted = true;
     free(raw);
     return r;

@@ -29,7 +29,7 @@ enum ctrl_command {
     CTRL_LOCK_STORAGE = 0x13,
 };
 
-#define CTRL_MAX_REQUEST   (16u + 512u * 1024u + 4096u)
+#define CTRL_MAX_REQUEST (16u + 512u * 1024u + 4096u)
 /* HASH_DATA takes as much as a request holds (swtpm takes 8 KiB and more) */
 #define CTRL_HASH_DATA_MAX (CTRL_MAX_REQUEST - 8u)
 

@@ -298,8 +298,7 @@ static void *tpm_thread(void *opaque)
             int type;
             socklen_t tl = sizeof(type);
             rd->fd = fd;
-            rd->stop_fd =
-                getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 ? -1 : s->unblock[0];
+            rd->stop_fd = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 ? -1 : s->unblock[0];
         }
         while (buf && rd && serve_command(s, rd, buf, cap))
             ;

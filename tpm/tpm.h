@@ -42,7 +42,7 @@ struct tpm_backend_options {
     bool disable_auto_shutdown; /* no TPM2_Shutdown(SU_STATE) before stopping */
     enum tpm_startup startup;   /* sent after each start (--flags startup-...) */
     bool reject_locality_4;
-    unsigned debug_level;     /* libtpms' debug output at >= 5, at its level - 4 (swtpm's) */
+    unsigned debug_level; /* libtpms' debug output at >= 5, at its level - 4 (swtpm's) */
     int debug_fd;
     const char *debug_prefix; /* before each libtpms line, then four spaces (swtpm's) */
 };
