@@ -28,33 +28,48 @@ uint8_t *mig_put_tlv(uint8_t *p, uint16_t tag, const uint8_t *value, size_t len)
     return p + 6 + len;
 }
 
+/* The inner layer: the state as a data TLV, or under the state key. */
+static int wrap_inner(const uint8_t *state, size_t len, const struct mig_key *state_key,
+                      uint8_t **inner, size_t *inner_len, uint16_t *flags, struct nv_error *err)
+{
+    if (state_key) {
+        *flags |= MIG_FLAG_ENCRYPTED | (state_key->len == 32 ? MIG_FLAG_STATE_KEY_256 : 0);
+        return mig_cbc_seal(state_key, state, len, MIG_TAG_ENCRYPTED_DATA, MIG_TAG_IVEC, inner,
+                            inner_len, err);
+    }
+    *inner_len = 6 + len;
+    if (!(*inner = malloc(*inner_len)))
+        return nv_error_set(err, -ENOMEM, "out of memory");
+    mig_put_tlv(*inner, MIG_TAG_DATA, state, len);
+    return 0;
+}
+
 int mig_blob_wrap(const uint8_t *state, size_t len, const struct mig_key *migration_key,
-                  uint8_t **blob, size_t *blob_len, struct nv_error *err)
+                  const struct mig_key *state_key, uint8_t **blob, size_t *blob_len,
+                  struct nv_error *err)
 {
     *blob = NULL;
     if (len > MIG_BLOB_MAX)
         return nv_error_set(err, -EFBIG, "state blob of %zu bytes is too large", len);
-    uint8_t *inner = malloc(6 + len);
-    if (!inner)
-        return nv_error_set(err, -ENOMEM, "out of memory");
-    mig_put_tlv(inner, MIG_TAG_DATA, state, len);
-    uint8_t *sealed = NULL;
-    size_t sealed_len = 0;
+    uint8_t *inner = NULL, *sealed = NULL;
+    size_t inner_len = 0, sealed_len = 0;
     uint16_t flags = MIG_FLAG_MIGRATION_DATA;
-    int r = 0;
-    if (migration_key) {
-        r = mig_cbc_seal(migration_key, inner, 6 + len, MIG_TAG_ENCRYPTED_MIGRATION_DATA,
+    int r = wrap_inner(state, len, state_key, &inner, &inner_len, &flags, err);
+    if (r == 0 && migration_key) {
+        r = mig_cbc_seal(migration_key, inner, inner_len, MIG_TAG_ENCRYPTED_MIGRATION_DATA,
                          MIG_TAG_MIGRATION_IVEC, &sealed, &sealed_len, err);
         flags |= MIG_FLAG_MIGRATION_ENCRYPTED |
                  (migration_key->len == 32 ? MIG_FLAG_MIGRATION_KEY_256 : 0);
-    } else {
-        sealed_len = 6 + 6 + len; /* the data TLV inside a migration-data TLV */
+    } else if (r == 0) {
+        sealed_len = 6 + inner_len; /* the inner layer inside a migration-data TLV */
         sealed = malloc(sealed_len);
         if (sealed)
-            mig_put_tlv(sealed, MIG_TAG_MIGRATION_DATA, inner, 6 + len);
+            mig_put_tlv(sealed, MIG_TAG_MIGRATION_DATA, inner, inner_len);
         else
             r = nv_error_set(err, -ENOMEM, "out of memory");
     }
+    if (inner)
+        mig_wipe(inner, inner_len);
     free(inner);
     uint8_t *b = r == 0 ? malloc(MIG_HEADER_SIZE + sealed_len) : NULL;
     if (r == 0 && !b)

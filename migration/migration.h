@@ -51,9 +51,12 @@ int mig_key_from(const struct nvram_key *key, struct mig_key *out, struct nv_err
 void mig_key_wipe(struct mig_key *key);
 
 /* A libtpms blob as GET_STATEBLOB returns it: a migration-data blob,
- * encrypted with migration_key unless that is NULL. */
+ * encrypted with migration_key unless that is NULL; inside it the state,
+ * encrypted with state_key unless that is NULL (swtpm's answer to a client
+ * that does not ask for decrypted blobs when it has a --key). */
 int mig_blob_wrap(const uint8_t *state, size_t len, const struct mig_key *migration_key,
-                  uint8_t **blob, size_t *blob_len, struct nv_error *err);
+                  const struct mig_key *state_key, uint8_t **blob, size_t *blob_len,
+                  struct nv_error *err);
 
 /* The libtpms blob inside a blob from swtpm or nvtpm (malloc'd). An empty
  * blob (length 0) gives an empty state. A blob encrypted with the migration

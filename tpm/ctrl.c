@@ -113,8 +113,11 @@ static size_t get_stateblob(const struct ctrl_env *env, const uint8_t *body, uin
         env->savestate_read(env->opaque);
     if (r == TPM_CTRL_SUCCESS && len == 0)
         r = TPM_CTRL_RETRY; /* an empty blob (no savestate) does not exist either */
+    /* swtpm's rule: with a state key, the blob stays encrypted with it unless the
+     * client asks for it decrypted (flag 1) */
+    const struct mig_key *state_key = (nv_be32(body) & 1) ? NULL : env->state_key;
     if (r == TPM_CTRL_SUCCESS &&
-        mig_blob_wrap(state, len, env->migration_key, &blob, &blob_len, NULL) < 0)
+        mig_blob_wrap(state, len, env->migration_key, state_key, &blob, &blob_len, NULL) < 0)
         r = TPM_CTRL_FAIL;
     free(state);
     if (r == TPM_CTRL_SUCCESS && offset > blob_len)
@@ -132,7 +135,7 @@ static size_t get_stateblob(const struct ctrl_env *env, const uint8_t *body, uin
         return 16;
     }
     memcpy(*big, resp, 4);
-    nv_put_be32(*big + 4, 0); /* not encrypted */
+    nv_put_be32(*big + 4, state_key ? 2u : 0u); /* 2: encrypted with the state key */
     nv_put_be32(*big + 8, (uint32_t)n);
     nv_put_be32(*big + 12, (uint32_t)n);
     memcpy(*big + 16, blob + offset, n);

@@ -20,7 +20,7 @@ static void round_trip(const uint8_t *state, size_t len, const struct mig_key *k
 {
     uint8_t *blob = NULL, *back = NULL;
     size_t blob_len = 0, back_len = 0;
-    if (mig_blob_wrap(state, len, key, &blob, &blob_len, NULL) < 0)
+    if (mig_blob_wrap(state, len, key, NULL, &blob, &blob_len, NULL) < 0)
         abort();
     if (mig_blob_unwrap(blob, blob_len, key, NULL, &back, &back_len, NULL) < 0 || back_len != len ||
         (len && memcmp(back, state, len) != 0))

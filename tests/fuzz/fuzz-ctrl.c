@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t *blob = NULL;
         size_t blob_len = 0;
         /* What unwraps must wrap again and unwrap to the same state. */
-        if (mig_blob_wrap(state, len, keys[size % 2], &blob, &blob_len, NULL) == 0) {
+        if (mig_blob_wrap(state, len, keys[size % 2], NULL, &blob, &blob_len, NULL) == 0) {
             uint8_t *again = NULL;
             size_t again_len = 0;
             if (mig_blob_unwrap(blob, blob_len, &key, NULL, &again, &again_len, NULL) != 0 ||

@@ -10,7 +10,9 @@ observable result, and the result swtpm's own test suite expects:
   - datagram socket pairs for --ctrl clientfd= and for CMD_SET_DATAFD;
   - the --pid file (file= and fd=) removed at SHUTDOWN and at SIGTERM;
   - --log level=20 writes libtpms' indented lines, and an unknown control
-    command is logged at the default level.
+    command is logged at the default level;
+  - GET_STATEBLOB with a --key: the blob encrypted with it unless the client
+    asks for it decrypted.
 Usage: test-swtpm-cli.py NVTPM"""
 import array
 import grp
@@ -254,6 +256,29 @@ def dgram(kind, d):
 
 same('datagram socket pairs: --ctrl clientfd=, SET_DATAFD, a command, SHUTDOWN', both(dgram),
      ('000000000000ffff', '00000000', '00000000', '00000000', 0))
+
+
+# --- GET_STATEBLOB with a --key ---------------------------------------------------------------------
+def stateblob_flags(kind, d):
+    key, ctrl = os.path.join(d, 'key'), os.path.join(d, 'ctrl')
+    with open(key, 'w') as f:
+        f.write('0123456789abcdef0123456789abcdef')
+    state = os.path.join(d, 'state')
+    os.mkdir(state)
+    p = start(kind, ['--tpm2', '--tpmstate', f'dir={state}', '--ctrl', f'type=unixio,path={ctrl}',
+                     '--key', f'file={key},format=hex,mode=aes-cbc', '--flags',
+                     'not-need-init,startup-clear'], ready=lambda: os.path.exists(ctrl))
+    out = []
+    for flags in (0, 1):  # 1: the client asks for it decrypted (QEMU does)
+        r = unix_ask(ctrl, struct.pack('>IIII', 0x0c, flags, 1, 0))
+        # result, flags, then the blob's header flags
+        out.append((r[:4].hex(), r[4:8].hex(), r[16 + 4:16 + 6].hex()))
+    stop(p)
+    return out
+
+
+same('GET_STATEBLOB with --key: encrypted with it (flags 2, header 0x01) unless asked decrypted',
+     both(stateblob_flags), [('00000000', '00000002', '0005'), ('00000000', '00000000', '0004')])
 
 
 # --- the pid file goes with the process ----------------------------------------------------------

@@ -78,7 +78,7 @@ static void round_trip(const struct mig_key *key, size_t len)
     uint8_t state[128], *blob = NULL, *back = NULL;
     size_t blob_len = 0, back_len = 0;
     fill(state, len);
-    assert_int_equal(mig_blob_wrap(state, len, key, &blob, &blob_len, NULL), 0);
+    assert_int_equal(mig_blob_wrap(state, len, key, NULL, &blob, &blob_len, NULL), 0);
     uint16_t flags = (uint16_t)(blob[4] << 8 | blob[5]);
     assert_int_equal(flags, key ? (key->len == 32 ? 0x16 : 0x06) : 0x04);
     if (key)
@@ -119,8 +119,8 @@ static void test_refusals(void **state)
     uint8_t data[40], *blob, *big;
     size_t len, big_len;
     fill(data, sizeof(data));
-    assert_int_equal(mig_blob_wrap(data, sizeof(data), &key128, &blob, &len, NULL), 0);
-    assert_int_equal(mig_blob_wrap(data, sizeof(data), &key256, &big, &big_len, NULL), 0);
+    assert_int_equal(mig_blob_wrap(data, sizeof(data), &key128, NULL, &blob, &len, NULL), 0);
+    assert_int_equal(mig_blob_wrap(data, sizeof(data), &key256, NULL, &big, &big_len, NULL), 0);
     /* Rule: no migration key, swtpm's TPM_KEYNOTFOUND. */
     expect_refusal(blob, len, NULL, NULL, -ENOKEY, "migration key, none given");
     /* Rule: a wrong key fails the HMAC, before decryption. */
@@ -152,7 +152,7 @@ static void test_plain_with_key(void **state)
     uint8_t data[20], *blob, *back;
     size_t len, back_len;
     fill(data, sizeof(data));
-    assert_int_equal(mig_blob_wrap(data, sizeof(data), NULL, &blob, &len, NULL), 0);
+    assert_int_equal(mig_blob_wrap(data, sizeof(data), NULL, NULL, &blob, &len, NULL), 0);
     assert_int_equal(mig_blob_unwrap(blob, len, &key128, &key256, &back, &back_len, NULL), 0);
     assert_int_equal(back_len, sizeof(data));
     assert_memory_equal(back, data, sizeof(data));
@@ -169,7 +169,7 @@ static void test_state_key_layer(void **state)
     uint8_t data[33], *blob;
     size_t len;
     fill(data, sizeof(data));
-    assert_int_equal(mig_blob_wrap(data, sizeof(data), NULL, &blob, &len, NULL), 0);
+    assert_int_equal(mig_blob_wrap(data, sizeof(data), NULL, NULL, &blob, &len, NULL), 0);
     blob[5] |= 0x01; /* claims the state key; holds a plain data TLV */
     expect_refusal(blob, len, NULL, NULL, -ENOKEY, "state key, none given");
     expect_refusal(blob, len, NULL, &key128, -EBADMSG, "no TLV with tag 2");
