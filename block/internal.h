@@ -35,11 +35,10 @@ struct bdrv_driver {
     int (*check)(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,
                  struct nv_error *err);
     int (*create)(const char *path, const struct bdrv_create_opts *opts, struct nv_error *err);
-    /* Format reopen hooks: reopen_check runs before the descriptors change
+    /* Format reopen hook: reopen_check runs before the descriptors change
      * (flush before going read-only, the open-time refusals before going
-     * read-write); reopen_done after a successful reopen. */
+     * read-write). */
     int (*reopen_check)(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err);
-    void (*reopen_done)(struct bdrv_node *bs, unsigned old_flags);
     /* Format hook, when a reopen takes ownership: whatever the node caches
      * of the file (header, tables) may be stale, another process having
      * owned it meanwhile; read it all anew (QEMU's invalidate_cache). On

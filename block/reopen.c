@@ -88,9 +88,6 @@ int bdrv_reopen(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err)
             return r;
     }
     int r = reopen_flags(bs, new_flags, err);
-    for (struct bdrv_node *n = bs; r == 0 && n; n = n->file)
-        if (n->drv->reopen_done)
-            n->drv->reopen_done(n, old_flags);
     if (r == 0 && (new_flags & ~old_flags & BDRV_O_OWNER) && (r = invalidate_graph(bs, err)) < 0)
         reopen_flags(bs, old_flags, NULL); /* the ownership goes back; the old state stays */
     return r;

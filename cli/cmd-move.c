@@ -210,18 +210,15 @@ static int check_loadable(const struct cli_import *req, const struct mig_state *
     return 0;
 }
 
-static int sync_parent(const char *path)
+/* The folder a path is in, synced (the link that made the image durable). */
+static int sync_parent(const char *path, struct nv_error *err)
 {
     char dir[PATH_MAX];
     snprintf(dir, sizeof(dir), "%s", path);
     char *slash = strrchr(dir, '/');
     if (slash)
         *(slash == dir ? slash + 1 : slash) = '\0';
-    int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int r = fd < 0 || fsync(fd) < 0 ? -errno : 0;
-    if (fd >= 0)
-        close(fd);
-    return r;
+    return mig_sync_dir(slash ? dir : ".", err);
 }
 
 /* The blobs into the new image tmp, then tmp linked to the image's name. */
@@ -247,8 +244,8 @@ static int write_image(const struct cli_import *req, const struct mig_state *st,
     if (r == 0 && link(tmp, req->img) < 0)
         r = nv_error_set(&err, -errno, "%s: %s", req->img, strerror(errno));
     unlink(tmp); /* made by this command a moment ago */
-    if (r == 0 && (r = sync_parent(req->img)) < 0)
-        nv_error_set(&err, r, "%s: syncing its folder: %s", req->img, strerror(-r));
+    if (r == 0)
+        r = sync_parent(req->img, &err);
     if (r < 0)
         return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(r), "%s: %s", req->cmd,
                         err.msg);
@@ -286,7 +283,7 @@ int cli_import_dir(const struct cli_import *req)
 
 int cmd_import(int argc, char **argv)
 {
-    struct move_args a = {.size = CLI_DEFAULT_IMAGE_SIZE, .cipher = NVRAM_CIPHER_AES256_GCM};
+    struct move_args a = {.size = NVRAM_DEFAULT_IMAGE_SIZE, .cipher = NVRAM_CIPHER_AES256_GCM};
     int code = parse("import", import_usage, argc, argv, &a);
     if (code == 0) {
         struct cli_import req = {.cmd = "import",
@@ -347,12 +344,16 @@ static int write_swtpm_state(const struct move_args *a, const struct mig_state *
     const struct nvram_key *file_key = a->have_new_key ? &a->new_key : encrypted ? &a->key : NULL;
     struct nv_error err = {0};
     struct mig_key sk = {0};
-    if (mig_dir_check_unused(a->dir, &err) < 0)
+    int lock_fd;
+    bool made;
+    /* swtpm's .lock, held while the files are written: no swtpm starts on them */
+    if (mig_dir_lock(a->dir, 0640, &lock_fd, &made, &err) < 0)
         return cli_fail(cli_exit_code(err.code), "export: %s; stop it first", err.msg);
     int r = file_key ? mig_key_from(file_key, &sk, &err) : 0;
     if (r == 0)
         r = mig_dir_write(a->dir, st, file_key ? &sk : NULL, a->replace, &err);
     mig_key_wipe(&sk);
+    close(lock_fd);
     if (r == -EEXIST)
         return cli_fail(CLI_EXIT_USAGE, "export: %s (--replace replaces them)", err.msg);
     if (r < 0)

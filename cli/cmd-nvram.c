@@ -80,7 +80,7 @@ int cmd_create(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     struct nvram_options opts = {.tpm_version = 2, .cipher = NVRAM_CIPHER_AES256_GCM};
     struct nvram_key key;
-    uint64_t size = CLI_DEFAULT_IMAGE_SIZE, cluster = 0;
+    uint64_t size = NVRAM_DEFAULT_IMAGE_SIZE, cluster = 0;
     int c, r = 0;
     bool have_key = false;
     optind = 1;

@@ -21,8 +21,6 @@
 #include "nvram.h"
 #include "tpm.h"
 
-#define DEFAULT_IMAGE_SIZE (4u << 20)
-
 struct socket_opts {
     int tpm_version;
     const char *state_path; /* the image */
@@ -38,6 +36,8 @@ struct socket_opts {
     const char *pid_file;
     int pid_fd;
     char pid_written[4096]; /* the pid file written, removed at the end */
+    dev_t pid_dev;          /* ... if it is still that file */
+    ino_t pid_ino;
     const char *runas;
     const char *log_file;
     int log_fd;
@@ -69,8 +69,9 @@ static char *copy_arg(struct socket_opts *o, const char *arg)
 static void give_to_runas(const struct socket_opts *o, int fd, const char *path)
 {
     struct passwd *pw = o->runas && geteuid() == 0 ? getpwnam(o->runas) : NULL;
+    /* lchown: the folder may belong to that user, who could have put a link there */
     if (pw &&
-        (fd >= 0 ? fchown(fd, pw->pw_uid, pw->pw_gid) : chown(path, pw->pw_uid, pw->pw_gid)) < 0)
+        (fd >= 0 ? fchown(fd, pw->pw_uid, pw->pw_gid) : lchown(path, pw->pw_uid, pw->pw_gid)) < 0)
         fprintf(stderr, "nvtpm: --runas %s: cannot give %s to that user: %s\n", o->runas,
                 path ? path : "a file", strerror(errno));
 }
@@ -493,15 +494,13 @@ static struct nvram_storage *open_state(struct socket_opts *o, int *code)
     struct nvram_storage_options so = {.spec = spec,
                                        .stash = &o->stash,
                                        .create = o->state_fd < 0,
-                                       .create_size = DEFAULT_IMAGE_SIZE,
                                        .create_mode = o->state_mode ? o->state_mode : 0640,
                                        .open_unowned_if_busy = o->incoming};
-    bool existed = o->state_fd >= 0 || access(spec, F_OK) == 0;
     struct nvram_storage *st = nvram_storage_open(&so, &err);
     if (!st)
         *code = err.code == -EBUSY ? busy_message(spec, &err)
                                    : cli_fail(cli_exit_code(err.code), "%s", err.msg);
-    else if (!existed)
+    else if (nvram_storage_created(st))
         give_to_runas(o, -1, spec);
     return st;
 }
@@ -518,12 +517,17 @@ static int write_pid(struct socket_opts *o, struct nv_error *err)
                             : open(o->pid_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return nv_error_set(err, -errno, "--pid: %s: %s", o->pid_file, strerror(errno));
-    if (o->pid_fd >= 0) {
-        snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-        ssize_t len = readlink(link, o->pid_written, sizeof(o->pid_written) - 1);
-        o->pid_written[len > 0 && o->pid_written[0] == '/' ? len : 0] = '\0';
-    } else {
-        snprintf(o->pid_written, sizeof(o->pid_written), "%s", o->pid_file);
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) { /* never a device's name */
+        o->pid_dev = st.st_dev;
+        o->pid_ino = st.st_ino;
+        if (o->pid_fd >= 0) {
+            snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+            ssize_t len = readlink(link, o->pid_written, sizeof(o->pid_written) - 1);
+            o->pid_written[len > 0 && o->pid_written[0] == '/' ? len : 0] = '\0';
+        } else {
+            snprintf(o->pid_written, sizeof(o->pid_written), "%s", o->pid_file);
+        }
     }
     give_to_runas(o, fd, "the pid file");
     int r = write(fd, text, (size_t)n) == n ? 0 : -EIO;
@@ -541,6 +545,10 @@ static int start_tpm(struct socket_opts *o)
     int code = 0;
     unsigned mode = o->state_mode ? o->state_mode : 0640;
     bool import = o->dir_state == CLI_DIR_SWTPM || o->dir_state == CLI_DIR_SWTPM_NEWER;
+    if (o->dir_state == CLI_DIR_SWTPM_NEWER) { /* it was only held to see nobody uses it */
+        nvram_storage_close(o->storage);
+        o->storage = NULL;
+    }
     if (import && (code = cli_dir_import(o->state_dir, o->state_path, o->tpm_version,
                                          o->have_key ? &o->key : NULL, mode,
                                          o->dir_state == CLI_DIR_SWTPM_NEWER ? &o->dir_files : NULL,
@@ -761,10 +769,13 @@ static int open_log(struct socket_opts *o)
 {
     if (!o->log_file)
         return 0;
-    o->log_fd = open(o->log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    o->log_fd = open(o->log_file, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0640);
+    if (o->log_fd >= 0)
+        give_to_runas(o, o->log_fd, o->log_file); /* made here */
+    else if (errno == EEXIST)
+        o->log_fd = open(o->log_file, O_WRONLY | O_APPEND | O_CLOEXEC);
     if (o->log_fd < 0)
         return cli_fail(CLI_EXIT_ERROR, "--log: %s: %s", o->log_file, strerror(errno));
-    give_to_runas(o, o->log_fd, o->log_file);
     return 0;
 }
 
@@ -782,9 +793,17 @@ static int derive_blob_keys(struct socket_opts *o)
 static int prepare_dir(struct socket_opts *o)
 {
     struct nv_error err = {0};
-    if (mig_dir_lock(o->state_dir, o->state_mode ? o->state_mode : 0640, &o->dir_lock_fd, &err) < 0)
-        return cli_fail(err.code == -EBUSY ? CLI_EXIT_BUSY : CLI_EXIT_ERROR, "%s", err.msg);
-    give_to_runas(o, o->dir_lock_fd, ".lock");
+    bool made = false;
+    int r = mig_dir_lock(o->state_dir, o->state_mode ? o->state_mode : 0640, &o->dir_lock_fd, &made,
+                         &err);
+    /* a migration's destination on shared storage: the source holds .lock; the
+     * image's ownership hands over as for file= */
+    if (r == -EBUSY && o->incoming)
+        r = 0;
+    else if (r < 0)
+        return cli_fail(r == -EBUSY ? CLI_EXIT_BUSY : CLI_EXIT_ERROR, "%s", err.msg);
+    if (made)
+        give_to_runas(o, o->dir_lock_fd, ".lock");
     return cli_dir_inspect(o->state_dir, o->state_path, o->tpm_version, &o->dir_state,
                            &o->dir_files);
 }
@@ -807,7 +826,8 @@ static int serve(struct socket_opts *o)
     fdstash_init(&o->stash);
     if (o->state_dir)
         code = prepare_dir(o);
-    if (code == 0 && (o->dir_state == CLI_DIR_NEW || o->dir_state == CLI_DIR_IMAGE))
+    /* (an image swtpm's newer files replace is opened too: busy if in use) */
+    if (code == 0 && o->dir_state != CLI_DIR_SWTPM)
         o->storage = open_state(o, &code);
     if (code == 0) {
         o->server.file_key = o->have_key;
@@ -840,7 +860,9 @@ int cmd_socket(int argc, char **argv)
                          : cli_fail(CLI_EXIT_USAGE, "socket: --print-states needs file= or dir=");
     else if (r == 0 && (r = derive_blob_keys(&o)) == 0 && (r = open_log(&o)) == 0)
         r = serve(&o);
-    if (o.pid_written[0])
+    struct stat pid_st; /* still the file written, not one put there since */
+    if (o.pid_written[0] && lstat(o.pid_written, &pid_st) == 0 && pid_st.st_dev == o.pid_dev &&
+        pid_st.st_ino == o.pid_ino)
         unlink(o.pid_written);
     nvram_key_wipe(&o.key);
     nvram_key_wipe(&o.migration_key);

@@ -109,7 +109,7 @@ int cli_dir_import(const char *dir, const char *img, int tpm_version, const stru
                              .tpm_version = tpm_version,
                              .key = key,
                              .key_encrypts_plain = true,
-                             .size = CLI_DEFAULT_IMAGE_SIZE,
+                             .size = NVRAM_DEFAULT_IMAGE_SIZE,
                              .cipher = NVRAM_CIPHER_AES256_GCM,
                              .mode = mode,
                              .quiet = true,

@@ -146,7 +146,7 @@ static int check_header(const uint8_t *blob, size_t len, struct nv_error *err)
 {
     if (len < MIG_HEADER_SIZE)
         return nv_error_set(err, -EBADMSG, "state blob: %zu bytes is shorter than a header", len);
-    uint16_t hsize = nv_be16(blob + 2), flags = nv_be16(blob + 4);
+    uint16_t hsize = nv_be16(blob + 2);
     uint32_t total = nv_be32(blob + 6);
     if (blob[1] > BLOB_VERSION || blob[0] < blob[1])
         return nv_error_set(err, -ENOTSUP, "state blob: version %u needs a reader of version %u",
@@ -156,7 +156,6 @@ static int check_header(const uint8_t *blob, size_t len, struct nv_error *err)
                             "state blob: header size %u or total length %u does "
                             "not fit its %zu bytes",
                             hsize, total, len);
-    (void)flags;
     return 0;
 }
 

@@ -115,12 +115,15 @@ int mig_dir_files(const char *dir, int tpm_version, struct mig_dir_files *out,
 const char *mig_dir_file_name(int tpm_version, int blob, char *out, size_t size);
 
 /* Take dir/.lock as swtpm does (a write lock on the whole file, which is made
- * with mode if missing), so that swtpm and nvtpm never serve one folder at
+ * with mode if missing: *created says so), so that swtpm and nvtpm never serve one folder at
  * once. An open-file-description lock: it stays with *fd across fork
  * (--daemon) until *fd is closed. -EBUSY, naming the holder, when it is held. */
-int mig_dir_lock(const char *dir, unsigned mode, int *fd, struct nv_error *err);
+int mig_dir_lock(const char *dir, unsigned mode, int *fd, bool *created, struct nv_error *err);
 
 void mig_state_free(struct mig_state *st);
+
+/* fsync a folder, so that what was created or renamed in it is durable. */
+int mig_sync_dir(const char *dir, struct nv_error *err);
 
 /* -EBUSY when a running swtpm uses dir: it holds a lock on dir/.lock while it
  * runs. 0 otherwise (no such file included). */

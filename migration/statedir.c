@@ -48,7 +48,7 @@ static bool version_present(const char *dir, int tpm_version)
 /* The whole of one file, at most MIG_BLOB_MAX bytes. */
 static int read_file(const char *path, uint8_t **data, size_t *len, struct nv_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return nv_error_set(err, -errno, "%s: %s", path, strerror(errno));
     struct stat st;
@@ -91,11 +91,7 @@ static int read_one(const char *path, const struct mig_key *migration_key,
     bool old_format = r == 0 && raw_len && !mig_has_header(raw, raw_len);
     if (old_format && state_key) /* swtpm takes a file as encrypted when given a key */
         r = mig_cbc_open_v1(state_key, raw, raw_len, &st->data[blob], &st->len[blob], err);
-    else if (old_format && (st->data[blob] = malloc(raw_len)))
-        memcpy(st->data[blob], raw, st->len[blob] = raw_len);
-    else if (old_format)
-        r = nv_error_set(err, -ENOMEM, "out of memory");
-    else if (r == 0)
+    else if (r == 0 && !old_format)
         r = mig_blob_unwrap(raw, raw_len, migration_key, state_key, &st->data[blob], &st->len[blob],
                             err);
     if (r < 0 && raw)
@@ -104,6 +100,11 @@ static int read_one(const char *path, const struct mig_key *migration_key,
         (old_format ? state_key != NULL
                     : raw_len >= MIG_HEADER_SIZE && (nv_be16(raw + 4) & MIG_FLAG_ENCRYPTED)))
         st->encrypted = true;
+    if (old_format && !state_key) { /* the file is the state as it is */
+        st->data[blob] = raw;
+        st->len[blob] = raw_len;
+        return 0;
+    }
     free(raw);
     return r;
 }
@@ -205,11 +206,14 @@ static int lock_holder_error(const char *dir, const struct flock *fl, struct nv_
     return nv_error_set(err, -EBUSY, "%s is in use: a process holds its .lock", dir);
 }
 
-int mig_dir_lock(const char *dir, unsigned mode, int *fd, struct nv_error *err)
+int mig_dir_lock(const char *dir, unsigned mode, int *fd, bool *created, struct nv_error *err)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/.lock", dir);
-    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode);
+    *fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    *created = *fd >= 0;
+    if (*fd < 0 && errno == EEXIST)
+        *fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
     if (*fd < 0)
         return nv_error_set(err, -errno, "%s: %s", path, strerror(errno));
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
@@ -275,7 +279,7 @@ static int write_one(const char *path, const uint8_t *blob, size_t len, bool rep
     return r < 0 ? nv_error_set(err, r, "%s: %s", path, strerror(-r)) : 0;
 }
 
-static int sync_dir(const char *dir, struct nv_error *err)
+int mig_sync_dir(const char *dir, struct nv_error *err)
 {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     int r = fd < 0 || fsync(fd) < 0 ? -errno : 0;
@@ -297,14 +301,14 @@ static int replace_files(const char *dir, const struct mig_state *st,
         if (unlink(path) < 0 && errno != ENOENT)
             return nv_error_set(err, -errno, "%s: %s", path, strerror(errno));
     }
-    int r = sync_dir(dir, err);
+    int r = mig_sync_dir(dir, err);
     for (int b = 0; b < NVRAM_BLOBS && r == 0; b++) {
         if (!blob[b])
             continue;
         swtpm_path(path, sizeof(path), dir, st->tpm_version, b);
         r = write_one(path, blob[b], blob_len[b], true, err);
     }
-    return r == 0 ? sync_dir(dir, err) : r;
+    return r == 0 ? mig_sync_dir(dir, err) : r;
 }
 
 /* New files only: none of st's version may be there; undone on a failure. */
@@ -326,7 +330,7 @@ static int add_files(const char *dir, const struct mig_state *st, uint8_t *const
         written[b] = blob[b] && r == 0;
     }
     if (r == 0)
-        r = sync_dir(dir, err);
+        r = mig_sync_dir(dir, err);
     for (int b = 0; b < NVRAM_BLOBS && r < 0; b++) {
         swtpm_path(path, sizeof(path), dir, st->tpm_version, b);
         if (written[b])

@@ -255,10 +255,17 @@ static void encode_slot_header(const struct nvram_slot_header *h, uint8_t *raw)
     memcpy(raw + 72, h->integrity, 32);
 }
 
+/* A blob's name as slot headers hold it: NUL-padded to 16 bytes. */
+static void padded_name(enum nvram_blob blob, char name[16])
+{
+    memset(name, 0, 16);
+    memcpy(name, blob_names[blob], strlen(blob_names[blob]));
+}
+
 uint64_t nvram_slot_header_sequence(const uint8_t *raw, enum nvram_blob blob)
 {
-    char name[16] = {0};
-    memcpy(name, blob_names[blob], strlen(blob_names[blob]));
+    char name[16];
+    padded_name(blob, name);
     if (memcmp(raw, "NVTSLOT1", 8) != 0 || memcmp(raw + 8, name, 16) != 0)
         return 0;
     return get64(raw + 24);
@@ -283,8 +290,8 @@ void nvram_slot_open(const uint8_t *slot, size_t slot_size, enum nvram_blob blob
     info->length = get32(slot + 32);
     info->cipher = slot[36];
     info->deleted = slot[37] & NVRAM_SLOT_DELETED;
-    char name[16] = {0};
-    memcpy(name, blob_names[blob], strlen(blob_names[blob]));
+    char name[16];
+    padded_name(blob, name);
     size_t capacity = slot_size - NVRAM_SLOT_HEADER_SIZE;
     if (memcmp(slot, "NVTSLOT1", 8) != 0) {
         slot_problem(info, "no slot magic");
@@ -347,7 +354,7 @@ int nvram_slot_seal(const struct nvram_super *sb, enum nvram_blob blob, uint64_t
                                   .length = (uint32_t)length,
                                   .cipher = (uint8_t)cipher,
                                   .flags = deleted ? NVRAM_SLOT_DELETED : 0};
-    memcpy(h.name, blob_names[blob], strlen(blob_names[blob]));
+    padded_name(blob, h.name);
     memcpy(h.uuid, sb->uuid, 16);
     if (cipher != NVRAM_CIPHER_NONE && nvram_random(h.nonce, sizeof(h.nonce)) < 0)
         return -EIO;

@@ -26,6 +26,7 @@
 
 #define NVRAM_KEY_SLOTS          8
 #define NVRAM_MIN_DISK_SIZE      (2240u * 1024u)
+#define NVRAM_DEFAULT_IMAGE_SIZE (4u << 20) /* a new image's virtual size */
 #define NVRAM_DEFAULT_ITERATIONS 600000u
 #define NVRAM_MIN_ITERATIONS     1000u
 #define NVRAM_PASSPHRASE_MAX     1024
@@ -139,7 +140,7 @@ struct nvram_storage_options {
     const char *spec;          /* the image: a path, or "fd:NAME" in stash */
     struct fdstash *stash;     /* may be NULL unless spec names a descriptor */
     bool create;               /* a path that does not exist: a new qcow2 image */
-    uint64_t create_size;      /* 0: 4 MiB */
+    uint64_t create_size;      /* 0: NVRAM_DEFAULT_IMAGE_SIZE */
     unsigned create_mode;      /* 0: 0640 */
     bool open_unowned_if_busy; /* another process owns it: open without ownership
                                 * (a migration's destination), claim later */
@@ -156,6 +157,8 @@ int nvram_storage_open_nvram(struct nvram_storage *st, const struct nvram_option
 struct nvram *nvram_storage_nvram(const struct nvram_storage *st);
 const char *nvram_storage_name(const struct nvram_storage *st);
 bool nvram_storage_owned(const struct nvram_storage *st);
+/* Whether nvram_storage_open made the image. */
+bool nvram_storage_created(const struct nvram_storage *st);
 /* Take the ownership (a no-op when held), trying retries more times 10 ms
  * apart while another process holds it; everything cached is read anew.
  * -EBUSY when it stays held; on any failure the storage stays unowned. */

@@ -13,21 +13,23 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_IMAGE_SIZE (4u << 20)
-#define CLAIM_RETRY_NS     (10 * 1000000L)
+#define CLAIM_RETRY_NS (10 * 1000000L)
 
 struct nvram_storage {
     struct bdrv_node *bs;
     struct nvram *nv;
+    bool created;
 };
 
-static int create_image(const struct nvram_storage_options *o, struct nv_error *err)
+static int create_image(const struct nvram_storage_options *o, bool *created, struct nv_error *err)
 {
     if (!o->create || strncmp(o->spec, "fd:", 3) == 0 || access(o->spec, F_OK) == 0)
         return 0;
-    struct bdrv_create_opts co = {.size = o->create_size ? o->create_size : DEFAULT_IMAGE_SIZE,
+    struct bdrv_create_opts co = {.size =
+                                      o->create_size ? o->create_size : NVRAM_DEFAULT_IMAGE_SIZE,
                                   .mode = o->create_mode ? o->create_mode : 0640};
     int r = bdrv_create("qcow2", o->spec, &co, err);
+    *created = r == 0;
     return r == -EEXIST ? 0 : r; /* made meanwhile by someone else: open theirs */
 }
 
@@ -39,7 +41,7 @@ struct nvram_storage *nvram_storage_open(const struct nvram_storage_options *opt
         nv_error_set(err, -ENOMEM, "out of memory");
         return NULL;
     }
-    if (create_image(opts, err) == 0)
+    if (create_image(opts, &st->created, err) == 0)
         st->bs = bdrv_open(opts->spec, BDRV_O_RDWR | BDRV_O_OWNER, opts->stash, err);
     if (!st->bs && err && err->code == -EBUSY && opts->open_unowned_if_busy) {
         nv_error_clear(err);
@@ -58,7 +60,12 @@ int nvram_storage_open_nvram(struct nvram_storage *st, const struct nvram_option
     struct nvram_options o = *opts;
     o.format_blank = opts->format_blank && nvram_storage_owned(st);
     st->nv = nvram_open(st->bs, &o, err);
-    return st->nv ? 0 : err->code;
+    return st->nv ? 0 : err ? err->code : -EIO;
+}
+
+bool nvram_storage_created(const struct nvram_storage *st)
+{
+    return st->created;
 }
 
 struct nvram *nvram_storage_nvram(const struct nvram_storage *st)

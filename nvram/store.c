@@ -487,6 +487,9 @@ int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, si
      * read the blob (or a torn commit left its number). Read the blob again
      * and go above everything on disk. */
     r = disk_sequence(nv, blob, &on_disk, err);
+    if (r == 0 && on_disk == UINT64_MAX) /* no number left above it: damaged */
+        r = nv_error_set(err, -EUCLEAN, "%s: a %s slot header claims the last sequence number", img,
+                         nvram_blob_name(blob));
     if (r == 0 && on_disk >= seq && (r = nvram_scan_blob(nv, blob, NULL, NULL, err)) == 0)
         r = seal_next(nv, blob, data, length, deleted, cipher, on_disk, &target, &seq, &written,
                       err);

@@ -293,6 +293,14 @@ uint32_t tpm_backend_execute(const uint8_t *cmd, uint32_t len, uint8_t locality,
     return r;
 }
 
+int tpm_backend_exclusive(int (*fn)(void *arg), void *arg)
+{
+    pthread_mutex_lock(&be.lock);
+    int r = fn(arg);
+    pthread_mutex_unlock(&be.lock);
+    return r;
+}
+
 void tpm_backend_cancel(void)
 {
     if (be.opts.tpm_version == 2)

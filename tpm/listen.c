@@ -83,14 +83,13 @@ static int listen_unix(const struct tpm_channel_config *c, const char *what, str
 }
 
 /* An inherited socket: listening, or (CLIENTFD, or FD for data) connected. */
-static int inherited(const struct tpm_channel_config *c, const char *what, bool *connected,
-                     struct nv_error *err)
+static int inherited(const struct tpm_channel_config *c, const char *what, bool is_data,
+                     bool *connected, struct nv_error *err)
 {
-    bool data = strcmp(what, "data channel") == 0; /* swtpm's --fd may be a pty */
     unsigned kinds = c->type == TPM_CHANNEL_CLIENTFD
                          ? FDSTASH_CONNECTED_SOCKET
                          : FDSTASH_LISTENING_SOCKET | FDSTASH_CONNECTED_SOCKET |
-                               (data ? FDSTASH_CHAR_DEVICE : 0);
+                               (is_data ? FDSTASH_CHAR_DEVICE : 0);
     int r = fdstash_check_fd(c->fd, kinds, err);
     if (r < 0)
         return nv_error_prefix(err, r, "%s", what);
@@ -102,8 +101,8 @@ static int inherited(const struct tpm_channel_config *c, const char *what, bool 
     return c->fd;
 }
 
-int server_open_channel(const struct tpm_channel_config *c, const char *what, bool *connected,
-                        struct nv_error *err)
+int server_open_channel(const struct tpm_channel_config *c, const char *what, bool is_data,
+                        bool *connected, struct nv_error *err)
 {
     *connected = false;
     switch (c->type) {
@@ -113,7 +112,7 @@ int server_open_channel(const struct tpm_channel_config *c, const char *what, bo
         return listen_unix(c, what, err);
     case TPM_CHANNEL_FD:
     case TPM_CHANNEL_CLIENTFD:
-        return inherited(c, what, connected, err);
+        return inherited(c, what, is_data, connected, err);
     default:
         return -1;
     }

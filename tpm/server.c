@@ -282,6 +282,9 @@ static void *tpm_thread(void *opaque)
         }
         int fd = s->data_fd;
         bool stop = s->stopping;
+        char drain[16]; /* a request to leave the last client; one for this one comes later */
+        while (read(s->unblock[0], drain, sizeof(drain)) > 0)
+            ;
         pthread_mutex_unlock(&s->lock);
         if (stop)
             break;
@@ -291,9 +294,6 @@ static void *tpm_thread(void *opaque)
             buf = malloc(cap);
         }
         struct reader *rd = calloc(1, sizeof(*rd));
-        char drain[16];
-        while (read(s->unblock[0], drain, sizeof(drain)) > 0) /* a request for the last one */
-            ;
         if (rd) {
             int type;
             socklen_t tl = sizeof(type);
@@ -358,16 +358,31 @@ static uint32_t cb_set_datafd(void *opaque, int fd)
     return TPM_CTRL_SUCCESS;
 }
 
-/* A claim re-reads everything cached of the image (nvram_storage_claim): the
- * destination may have committed while it owned it. */
+/* A claim or release of the image, under the backend's lock: a claim
+ * re-reads everything cached of the image (nvram_storage_claim), which no
+ * commit of the TPM thread may use meanwhile. */
+struct handover {
+    struct nvram_storage *storage;
+    bool claim;
+    uint32_t retries;
+    struct nv_error err;
+};
+
+static int handover_locked(void *arg)
+{
+    struct handover *h = arg;
+    return h->claim ? nvram_storage_claim(h->storage, h->retries, &h->err)
+                    : nvram_storage_release(h->storage, &h->err);
+}
+
 static uint32_t cb_lock_storage(void *opaque, uint32_t retries)
 {
     struct server *s = opaque;
-    struct nv_error err = {0};
-    if (!s->cfg->storage || nvram_storage_claim(s->cfg->storage, retries, &err) == 0)
+    struct handover h = {.storage = s->cfg->storage, .claim = true, .retries = retries};
+    if (!h.storage || tpm_backend_exclusive(handover_locked, &h) == 0)
         return TPM_CTRL_SUCCESS;
-    if (err.code != -EBUSY)
-        cb_log(s, err.msg);
+    if (h.err.code != -EBUSY)
+        cb_log(s, h.err.msg);
     return TPM_CTRL_FAIL;
 }
 
@@ -395,10 +410,10 @@ static bool cb_store_at_stop(void *opaque)
 static void cb_savestate_read(void *opaque)
 {
     struct server *s = opaque;
-    struct nv_error err = {0};
-    if (s->cfg->release_lock_outgoing && s->cfg->storage &&
-        nvram_storage_release(s->cfg->storage, &err) < 0)
-        fprintf(stderr, "nvtpm: releasing the image after migration: %s\n", err.msg);
+    struct handover h = {.storage = s->cfg->storage};
+    if (s->cfg->release_lock_outgoing && h.storage &&
+        tpm_backend_exclusive(handover_locked, &h) < 0)
+        fprintf(stderr, "nvtpm: releasing the image after migration: %s\n", h.err.msg);
 }
 
 /* ---- the control channel, on the main thread ----------------------------------------- */
@@ -580,7 +595,7 @@ static int open_platform(unsigned port, struct nv_error *err)
 {
     struct tpm_channel_config c = {.type = TPM_CHANNEL_TCP, .port = port};
     bool connected;
-    return server_open_channel(&c, "platform port", &connected, err);
+    return server_open_channel(&c, "platform port", false, &connected, err);
 }
 
 /* Open every socket; returns the data listening socket (or -1). */
@@ -590,11 +605,11 @@ static int open_sockets(struct server *s, struct loop *l, struct nv_error *err)
     bool connected;
     for (int i = 0; i < P_COUNT; i++)
         set_fd(l, i, -1);
-    int fd = server_open_channel(&cfg->ctrl, "control channel", &connected, err);
+    int fd = server_open_channel(&cfg->ctrl, "control channel", false, &connected, err);
     if (cfg->ctrl.type != TPM_CHANNEL_NONE && fd < 0)
         return fd;
     set_fd(l, connected ? P_CTRL : P_CTRL_LISTEN, fd);
-    fd = server_open_channel(&cfg->data, "data channel", &connected, err);
+    fd = server_open_channel(&cfg->data, "data channel", true, &connected, err);
     if (cfg->data.type != TPM_CHANNEL_NONE && fd < 0)
         return fd;
     if (connected)
@@ -628,8 +643,17 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     pthread_t thread;
     sigset_t old;
     uint8_t *req = malloc(CTRL_MAX_REQUEST);
-    if (!req || pipe2(s.wake, O_CLOEXEC) < 0 || pipe2(s.unblock, O_CLOEXEC | O_NONBLOCK) < 0)
+    if (!req || pipe2(s.wake, O_CLOEXEC) < 0) {
+        free(req);
         return nv_error_set(err, -errno ? -errno : -ENOMEM, "server: %s", strerror(errno));
+    }
+    if (pipe2(s.unblock, O_CLOEXEC | O_NONBLOCK) < 0) {
+        int e = -errno;
+        close(s.wake[0]);
+        close(s.wake[1]);
+        free(req);
+        return nv_error_set(err, e, "server: %s", strerror(-e));
+    }
     pthread_mutex_init(&s.lock, NULL);
     pthread_cond_init(&s.cond, NULL);
     int r = open_sockets(&s, &l, err);

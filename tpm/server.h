@@ -7,9 +7,10 @@
 #include "tpm.h"
 
 /* Open a channel's socket: a listening one (*connected false) or, for
- * inherited descriptors, possibly a connected one (*connected true). */
-int server_open_channel(const struct tpm_channel_config *c, const char *what, bool *connected,
-                        struct nv_error *err);
+ * inherited descriptors, possibly a connected one (*connected true); the data
+ * channel (is_data) may also be a character device (swtpm's --fd: a pty). */
+int server_open_channel(const struct tpm_channel_config *c, const char *what, bool is_data,
+                        bool *connected, struct nv_error *err);
 
 /* Read or write exactly len bytes on a socket; -1 on EOF or error. */
 int server_read_full(int fd, void *buf, size_t len);

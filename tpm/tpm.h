@@ -64,6 +64,10 @@ int tpm_backend_version(void);
 uint32_t tpm_backend_execute(const uint8_t *cmd, uint32_t len, uint8_t locality,
                              const uint8_t **resp, uint32_t *resp_len);
 void tpm_backend_cancel(void);
+/* Run fn(arg) with the backend's lock held, so that no command (and no NVRAM
+ * callback) runs meanwhile: for what changes the storage under the TPM, such
+ * as claiming or releasing the image. Returns fn's result. */
+int tpm_backend_exclusive(int (*fn)(void *arg), void *arg);
 
 uint32_t tpm_backend_set_buffer_size(uint32_t wanted, uint32_t *size, uint32_t *min, uint32_t *max);
 uint32_t tpm_backend_get_established(bool *established);
