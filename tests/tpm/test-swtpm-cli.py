@@ -12,7 +12,8 @@ observable result, and the result swtpm's own test suite expects:
   - --log level=20 writes libtpms' indented lines, and an unknown control
     command is logged at the default level;
   - GET_STATEBLOB with a --key: the blob encrypted with it unless the client
-    asks for it decrypted.
+    asks for it decrypted;
+  - --print-states prints swtpm's text.
 Usage: test-swtpm-cli.py NVTPM"""
 import array
 import grp
@@ -313,6 +314,24 @@ for how in ('SHUTDOWN', 'SIGTERM'):
     for spec in ('file', 'fd'):
         same(f'--pid {spec}=: written, then removed at {how}', both(pid_removed(how, spec)),
              (True, False, 0))
+
+
+# --- --print-states, as text --------------------------------------------------------------------
+def print_states(with_state):
+    def case(kind, d):
+        if with_state:  # swtpm's file, as swtpm's own test writes one
+            with open(os.path.join(d, 'tpm2-00.permall'), 'w') as f:
+                f.write('DUMMY\n')
+        r = subprocess.run(exe(kind) + ['--print-states', '--tpm2', '--tpmstate', f'dir={d}'],
+                           capture_output=True, text=True)
+        return r.returncode, r.stdout
+    return case
+
+
+same('--print-states of an empty folder: swtpm\'s text', both(print_states(False)),
+     (0, '{ "type": "swtpm", "states": [] }'))
+same('--print-states of a folder with swtpm\'s permall: swtpm\'s text', both(print_states(True)),
+     (0, '{ "type": "swtpm", "states": [ {"name": "permall", "size": 6} ] }'))
 
 
 # --- the log ---------------------------------------------------------------------------------------
