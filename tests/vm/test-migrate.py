@@ -147,7 +147,8 @@ class OwnershipWatch:
     block layer checks before any write, so "owns" is "can write". Read from
     /proc/PID/fdinfo, independently of nvtpm's own code. A moment where both
     own is counted only when the first is seen owning before and after the
-    second (no false alarm from a hand-off between two reads)."""
+    second (no false alarm from a hand-off between two reads); the timeline
+    follows the same rule."""
 
     def __init__(self, img, pids):
         self.img, self.pids = os.path.realpath(img), pids
@@ -178,8 +179,12 @@ class OwnershipWatch:
         while not self.done.is_set():
             a = self.owns(self.pids[0])
             b = self.owns(self.pids[1])
-            if a and b and self.owns(self.pids[0]):
-                self.both.append(time.time())
+            if a and b:
+                # Seen owning by the first, then the second: both at once only
+                # if the first still owns now; else it handed over in between.
+                a = self.owns(self.pids[0])
+                if a:
+                    self.both.append(time.time())
             state = ('src' if a else '') + ('dst' if b else '') or 'none'
             if not self.timeline or self.timeline[-1] != state:
                 self.timeline.append(state)
