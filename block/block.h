@@ -157,6 +157,12 @@ int bdrv_lock_holders(struct bdrv_node *bs, struct bdrv_lock_holder *out, size_t
  * works as before and err says why. Locks are held without a gap throughout. */
 int bdrv_reopen(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err);
 
+/* What a read-write open or reopen of bs would refuse (the file not writable,
+ * a qcow2 image marked dirty or corrupt, a backing file), found without
+ * writing or changing anything: a dry run's answer to "could a server write
+ * this image?". 0 when nothing would be refused. */
+int bdrv_check_writable(struct bdrv_node *bs, struct nv_error *err);
+
 /* ---- the write log of the fault-injection driver -------------------------- */
 
 enum bdrv_wlog_kind {

@@ -63,7 +63,7 @@ static int check_descriptor(struct bdrv_node *bs, int fd, struct nv_error *err)
     if (fstat(fd, &st) < 0)
         return nv_error_set(err, -errno, "%s: %s", bs->filename, strerror(errno));
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        return nv_error_set(err, -EINVAL, "%s: not a regular file or block device", bs->filename);
+        return nv_error_set(err, -ENODEV, "%s: not a regular file or block device", bs->filename);
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || ((fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0))
         return nv_error_set(err, -errno, "%s: %s", bs->filename, strerror(errno));
@@ -475,13 +475,28 @@ static void file_reopen_abort(struct bdrv_node *bs, struct fdstash *stash)
         close(old);
 }
 
+/* bdrv_check_writable: could the file open read-write (permissions, a
+ * read-only file system)? A trial open, closed again: OFD locks live on
+ * their own open file descriptions, so closing this one drops none of them. */
+static int file_check_writable(struct bdrv_node *bs, struct nv_error *err)
+{
+    struct file_state *s = state(bs);
+    if ((bs->flags & BDRV_O_RDWR) || !s->path)
+        return 0;
+    int fd = open(s->path, open_mode(BDRV_O_RDWR));
+    if (fd < 0)
+        return open_error(s->path, BDRV_O_RDWR, errno, err);
+    close(fd);
+    return 0;
+}
+
 #define FILE_DRIVER_OPS                                                                            \
     .is_protocol = true, .state_size = sizeof(struct file_state), .close = file_close,             \
     .pread = file_pread, .pwrite = file_pwrite, .flush = file_flush, .getlength = file_getlength,  \
     .truncate = file_truncate, .pwrite_zeroes = file_pwrite_zeroes, .lock_fd = file_lock_fd,       \
     .set_cache = file_set_cache, .open_done = file_open_done, .extract_fds = file_extract_fds,     \
     .reopen_prepare = file_reopen_prepare, .reopen_commit = file_reopen_commit,                    \
-    .reopen_abort = file_reopen_abort
+    .reopen_abort = file_reopen_abort, .check_writable = file_check_writable
 
 const struct bdrv_driver bdrv_file = {.name = "file", .open = file_open, FILE_DRIVER_OPS};
 const struct bdrv_driver bdrv_faults = {.name = "faults", .open = faults_open, FILE_DRIVER_OPS};

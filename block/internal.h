@@ -39,6 +39,8 @@ struct bdrv_driver {
      * (flush before going read-only, the open-time refusals before going
      * read-write). */
     int (*reopen_check)(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err);
+    /* Protocol hook for bdrv_check_writable: would a read-write open work? */
+    int (*check_writable)(struct bdrv_node *bs, struct nv_error *err);
     /* Format hook, when a reopen takes ownership: whatever the node caches
      * of the file (header, tables) may be stale, another process having
      * owned it meanwhile; read it all anew (QEMU's invalidate_cache). On
@@ -80,7 +82,8 @@ struct bdrv_node {
     unsigned id; /* unique in the process, for names in the stash */
     struct fdstash *stash;
     struct bdrv_locks locks;
-    void *opaque; /* the driver's state, state_size bytes */
+    void *opaque;           /* the driver's state, state_size bytes */
+    bool last_write_failed; /* its last write or flush failed (and said so) */
 };
 
 extern const struct bdrv_driver bdrv_file;

@@ -177,18 +177,26 @@ static int check_writable(struct bdrv_node *bs, struct nv_error *err)
     return 0;
 }
 
+/* Remember whether the node's last write or flush failed: that failure was
+ * returned to its caller, and a close that meets it again need not repeat it. */
+static int noted(struct bdrv_node *bs, int r)
+{
+    bs->last_write_failed = r < 0;
+    return r;
+}
+
 int bdrv_pwrite(struct bdrv_node *bs, uint64_t offset, const void *buf, size_t len,
                 struct nv_error *err)
 {
     int r = check_writable(bs, err);
     if (r < 0 || len == 0)
         return r;
-    return bs->drv->pwrite(bs, offset, buf, len, err);
+    return noted(bs, bs->drv->pwrite(bs, offset, buf, len, err));
 }
 
 int bdrv_flush(struct bdrv_node *bs, struct nv_error *err)
 {
-    return bs->drv->flush(bs, err);
+    return noted(bs, bs->drv->flush(bs, err));
 }
 
 int64_t bdrv_getlength(struct bdrv_node *bs, struct nv_error *err)
@@ -213,14 +221,14 @@ int bdrv_pwrite_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len, stru
     if (r < 0 || len == 0)
         return r;
     if (bs->drv->pwrite_zeroes)
-        return bs->drv->pwrite_zeroes(bs, offset, len, err);
+        return noted(bs, bs->drv->pwrite_zeroes(bs, offset, len, err));
     size_t chunk = len < (1u << 20) ? (size_t)len : (1u << 20);
     uint8_t *zeros = calloc(1, chunk);
     if (!zeros)
         return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
     while (len && r == 0) {
         size_t n = len < chunk ? (size_t)len : chunk;
-        r = bs->drv->pwrite(bs, offset, zeros, n, err);
+        r = noted(bs, bs->drv->pwrite(bs, offset, zeros, n, err));
         offset += n;
         len -= n;
     }

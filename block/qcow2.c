@@ -15,7 +15,7 @@
 
 static __thread int backing_depth;
 
-#define BAD(...) nv_error_set(err, -EINVAL, __VA_ARGS__)
+#define BAD(...) nv_error_set(err, -EUCLEAN, __VA_ARGS__)
 
 /* [offset, offset+len) lies in the file and offset is cluster aligned. */
 static int check_table(struct bdrv_node *bs, const char *what, uint64_t offset, uint64_t len,
@@ -497,7 +497,8 @@ static void qcow2_close(struct bdrv_node *bs)
     struct qcow2_state *s = bs->opaque;
     if ((bs->flags & BDRV_O_OWNER) && s->l1) {
         struct nv_error err = {0};
-        if (qcow2_flush_metadata(bs, &err) < 0 || qcow2_sync(bs, &err) < 0)
+        bool known = bs->file->last_write_failed; /* the caller was told already */
+        if ((qcow2_flush_metadata(bs, &err) < 0 || qcow2_sync(bs, &err) < 0) && !known)
             fprintf(stderr, "nvtpm: %s\n", err.msg);
     }
     free_state(s);
@@ -528,7 +529,7 @@ static int check_request(struct bdrv_node *bs, const char *what, uint64_t offset
     struct qcow2_state *s = bs->opaque;
     uint64_t end;
     if (nv_add_overflow_u64(offset, len, &end) || end > s->virtual_size)
-        return nv_error_set(err, -EINVAL,
+        return nv_error_set(err, -ERANGE,
                             "%s: %s of %llu bytes at offset %llu is past the end of the image "
                             "(%llu bytes)",
                             bs->filename, what, (unsigned long long)len, (unsigned long long)offset,

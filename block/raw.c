@@ -42,7 +42,7 @@ static int check_range(struct bdrv_node *bs, const char *what, uint64_t offset, 
             return r;
     }
     if (end > s->length)
-        return nv_error_set(err, -EINVAL,
+        return nv_error_set(err, -ERANGE,
                             "%s: %s of %zu bytes at offset %llu is past the end of the image "
                             "(%llu bytes)",
                             bs->filename, what, len, (unsigned long long)offset,

@@ -118,3 +118,15 @@ static int reopen_flags(struct bdrv_node *bs, unsigned new_flags, struct nv_erro
                                access_name(old_flags));
     return 0;
 }
+
+int bdrv_check_writable(struct bdrv_node *bs, struct nv_error *err)
+{
+    for (struct bdrv_node *n = bs; n; n = n->file) {
+        int r = n->drv->check_writable ? n->drv->check_writable(n, err)
+                : n->drv->reopen_check ? n->drv->reopen_check(n, n->flags | BDRV_O_RDWR, err)
+                                       : 0;
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}

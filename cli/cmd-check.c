@@ -196,8 +196,8 @@ static int run_check(const char *img, const char *format, bool repair, bool json
     struct nv_error err = {0};
     struct bdrv_node *bs =
         bdrv_open_format(format, img, repair ? BDRV_O_RDWR | BDRV_O_OWNER : 0, NULL, &err);
-    if (!bs)
-        return cli_fail(CHECK_ERROR, "%s", err.msg);
+    if (!bs) /* damage the open itself finds (a table outside the file) is corruption */
+        return cli_fail(err.code == -EUCLEAN ? CHECK_CORRUPT : CHECK_ERROR, "%s", err.msg);
     struct bdrv_check_result res;
     struct nvram_verdict verdict = {.state = "unchecked"};
     /* Shared: a server's commits (exclusive) never interleave with the check. */

@@ -24,9 +24,11 @@ static const char validate_usage[] =
     "The migration dry run: can this host load the TPM state in IMG, with this key,\n"
     "right now? Opens IMG read-only under the shared access lock (it runs beside the\n"
     "server that owns the image) and checks, each by name: the lock, the qcow2\n"
-    "structure (as nvtpm check), the NVRAM superblock, the key, every blob slot\n"
-    "(each current blob decrypts and authenticates), the TPM version, and that\n"
-    "libtpms on this host accepts the state (TPMLIB_ValidateState). Never writes.\n"
+    "structure (as nvtpm check), what the server's read-write open would refuse\n"
+    "(the dirty or corrupt bit, a file this user cannot write), the NVRAM\n"
+    "superblock, the key, every blob slot (each current blob decrypts and\n"
+    "authenticates), the TPM version, and that libtpms on this host accepts the\n"
+    "state (TPMLIB_ValidateState). Never writes.\n"
     "\n"
     "  --key KEY          the image's key (see nvtpm create --help)\n"
     "  --tpm2, --tpm1.2   the TPM version the state must be\n"
@@ -214,6 +216,13 @@ static int validate(struct validation *v, const struct options *o)
     else if (r == 0)
         record(v, "qcow2", 0, "no corruption, %llu leaked cluster(s)",
                (unsigned long long)res.leaks);
+    /* The server opens the image read-write: whatever it would refuse there
+     * (dirty or corrupt bit, a backing file, no write permission), so does
+     * the dry run. */
+    if (r == 0 && bdrv_check_writable(bs, &err) < 0)
+        r = record(v, "writable", cli_exit_code(err.code), "%s", err.msg);
+    else if (r == 0)
+        record(v, "writable", 0, "a server can open it read-write");
     int64_t size = r == 0 ? bdrv_getlength(bs, &err) : 0;
     if (r == 0 && size >= 0 && (uint64_t)size < NVRAM_MIN_DISK_SIZE)
         r = record(v, "superblock", CLI_EXIT_CORRUPT,

@@ -52,7 +52,7 @@ int cli_exit_code(int err)
     case EBADMSG:
     case ENOMEDIUM:
     case ENODATA:
-    case ENOSPC:
+    case EMSGSIZE: /* too small for an NVRAM; a full disk (ENOSPC) is an I/O error */
         return CLI_EXIT_CORRUPT;
     case EMEDIUMTYPE:
         return CLI_EXIT_NOT_LOADABLE;

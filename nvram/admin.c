@@ -63,7 +63,14 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
     if (r < 0)
         return r;
     nv.load_depth = 1; /* held here across everything */
-    r = nvram_read_super(bs, &nv.sb, &nv.sb_copy, info->superblock_valid, why, sizeof(why), err);
+    int64_t length = bdrv_getlength(bs, err);
+    if (length >= 0 && (uint64_t)length < NVRAM_MIN_DISK_SIZE) /* as nvram_open says it */
+        r = nv_error_set(err, -EMSGSIZE,
+                         "%s is too small for a TPM's NVRAM: %lld bytes, at least %u needed",
+                         bdrv_filename(bs), (long long)length, NVRAM_MIN_DISK_SIZE);
+    else
+        r = nvram_read_super(bs, &nv.sb, &nv.sb_copy, info->superblock_valid, why, sizeof(why),
+                             err);
     if (r == -EUCLEAN || r == -ENOMEDIUM)
         nv_error_set(err, r, "%s is not a usable nvtpm NVRAM: %s", bdrv_filename(bs), why);
     else if (r == -ENODATA)
@@ -134,7 +141,7 @@ int nvram_key_add(struct nvram *nv, const struct nvram_key *new_key, struct nv_e
         if (!nv->sb.keys[k].used)
             index = k;
     if (index < 0)
-        return nv_error_set(err, -ENOSPC, "%s: all %d key slots are in use", img, NVRAM_KEY_SLOTS);
+        return nv_error_set(err, -EXFULL, "%s: all %d key slots are in use", img, NVRAM_KEY_SLOTS);
     struct nvram_keyslot saved = nv->sb.keys[index];
     int r = nvram_keyslot_fill(&nv->sb.keys[index], new_key, nv->sb.uuid, (unsigned)index,
                                nv->data_key, nvram_data_key_size(nv->sb.cipher), err);

@@ -11,7 +11,8 @@
  *   -ENOMEDIUM     not an nvtpm NVRAM (something else is there)
  *   -EUCLEAN       an nvtpm NVRAM damaged beyond use
  *   -ENODATA       a blank image that was not to be formatted
- *   -ENOSPC        the image is too small to hold the NVRAM
+ *   -EMSGSIZE      the image is too small to hold the NVRAM (-ENOSPC is a
+ *                  full file system, an I/O error like any other)
  *   -EMEDIUMTYPE   the image holds the other TPM version's state
  *   -EAGAIN, -ETIMEDOUT  the access lock is held by another process
  *   -ENOENT        (load) the blob does not exist */
@@ -151,7 +152,8 @@ struct nvram_storage_options {
 struct nvram_storage *nvram_storage_open(const struct nvram_storage_options *opts,
                                          struct nv_error *err);
 /* The NVRAM on it, opts as for nvram_open; a blank image is formatted only
- * when owned (and opts->format_blank). */
+ * when owned (and opts->format_blank). An image nvram_storage_open made is
+ * removed again if this fails (its format did not complete). */
 int nvram_storage_open_nvram(struct nvram_storage *st, const struct nvram_options *opts,
                              struct nv_error *err);
 struct nvram *nvram_storage_nvram(const struct nvram_storage *st);

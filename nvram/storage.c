@@ -60,6 +60,12 @@ int nvram_storage_open_nvram(struct nvram_storage *st, const struct nvram_option
     struct nvram_options o = *opts;
     o.format_blank = opts->format_blank && nvram_storage_owned(st);
     st->nv = nvram_open(st->bs, &o, err);
+    if (!st->nv && st->created) {
+        /* Made by this start and never formatted whole (a full disk): it
+         * holds nothing of anyone's, and a half-made image must not stay. */
+        unlink(bdrv_filename(st->bs));
+        st->created = false;
+    }
     return st->nv ? 0 : err ? err->code : -EIO;
 }
 

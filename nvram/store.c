@@ -152,7 +152,7 @@ int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct 
     if (size < 0)
         return (int)size;
     if ((uint64_t)size < NVRAM_MIN_DISK_SIZE)
-        return nv_error_set(err, -ENOSPC,
+        return nv_error_set(err, -EMSGSIZE,
                             "%s is too small for a TPM's NVRAM: %lld bytes, at "
                             "least %u needed",
                             bdrv_filename(bs), (long long)size, NVRAM_MIN_DISK_SIZE);
@@ -162,7 +162,7 @@ int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct 
     char why[160];
     int r = new_super(&sb, opts, data_key, err);
     if (r == 0 && nvram_super_extent(&sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
-        r = nv_error_set(err, -ENOSPC, "%s: %s", bdrv_filename(bs), why);
+        r = nv_error_set(err, -EMSGSIZE, "%s: %s", bdrv_filename(bs), why);
     if (r == 0 && (r = bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, lock_timeout(opts), err)) == 0) {
         r = write_zeros(bs, end, err);
         if (r == 0)
@@ -204,13 +204,15 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
     const char *img = bdrv_filename(nv->bs);
     bool valid[2];
     char why[400];
-    int r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
+    /* The size first: a file too small to hold a superblock (an empty one,
+     * one cut short) is not an NVRAM, whatever the read past its end says. */
     int64_t size = bdrv_getlength(nv->bs, err);
-    if (r == -ENODATA && size >= 0 && (uint64_t)size < NVRAM_MIN_DISK_SIZE)
-        return nv_error_set(err, -ENOSPC,
+    if (size >= 0 && (uint64_t)size < NVRAM_MIN_DISK_SIZE)
+        return nv_error_set(err, -EMSGSIZE,
                             "%s is too small for a TPM's NVRAM: %lld bytes, at "
                             "least %u needed",
                             img, (long long)size, NVRAM_MIN_DISK_SIZE);
+    int r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
     if (r == -ENODATA && opts->format_blank) {
         if ((r = check_blank(nv->bs, NVRAM_MIN_DISK_SIZE, err)) < 0 ||
             (r = nvram_format(nv->bs, opts, err)) < 0)

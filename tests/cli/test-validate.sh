@@ -23,17 +23,17 @@ serve_nvtpm "$T/a.qcow2" --flags not-need-init,startup-clear
 nv $P tpm2_nvdefine 0x1500050 -C o -s 8 -a "ownerread|ownerwrite" >/dev/null 2>&1
 before=$(stamp "$T/a.qcow2")
 validate 0 "with TPM state, while the server owns the image: exit 0" "$T/a.qcow2"
-for check in lock qcow2 superblock key slots tpm-version libtpms; do
+for check in lock qcow2 writable superblock key slots tpm-version libtpms; do
     grep -Eq "^ok +$check " "$T/out" && pass "check '$check' ok" || fail "check '$check' ok" "$(cat "$T/out")"
 done
 expect_output "loadable here" "the verdict line"
 validate 0 "--json" "$T/a.qcow2" --json
-python3 - "$T/out" <<'PY' && pass "--json: loadable, exit-code 0, seven named checks with status and message" || fail "--json: loadable, exit-code 0, seven named checks with status and message" "$(cat "$T/out")"
+python3 - "$T/out" <<'PY' && pass "--json: loadable, exit-code 0, eight named checks with status and message" || fail "--json: loadable, exit-code 0, eight named checks with status and message" "$(cat "$T/out")"
 import json, sys
 d = json.load(open(sys.argv[1]))
 names = [c['name'] for c in d['checks']]
 assert d['loadable'] is True and d['exit-code'] == 0, d
-assert names == ['lock', 'qcow2', 'superblock', 'key', 'slots', 'tpm-version', 'libtpms'], names
+assert names == ['lock', 'qcow2', 'writable', 'superblock', 'key', 'slots', 'tpm-version', 'libtpms'], names
 assert all(c['status'] == 'ok' and c['message'] for c in d['checks'])
 PY
 validate 8 "--tpm1.2 on a TPM 2.0 state: not loadable here (8)" "$T/a.qcow2" --tpm1.2

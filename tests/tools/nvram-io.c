@@ -30,7 +30,7 @@ static int exit_for(int e)
     case EUCLEAN:
     case ENOMEDIUM:
     case ENODATA:
-    case ENOSPC:
+    case EMSGSIZE:
         return 2;
     case ENOKEY:
         return 4;
