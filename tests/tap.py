@@ -2,6 +2,7 @@
 that ends the run, and a search for free TCP ports on 127.0.0.1.
 
 A script imports it after putting tests/ on sys.path (see any test-*.py)."""
+import os
 import random
 import socket
 import sys
@@ -49,3 +50,27 @@ def free_ports(n):
             for s in socks:
                 s.close()
     raise SystemExit('no free ports')
+
+
+def unix_listening(path):
+    """Whether a UNIX socket at path is listening, seen in /proc/net/unix
+    without connecting (a connection would count as a client: a server with
+    'terminate' would end when it closes). The file alone is not enough: a
+    server that binds in place (swtpm) has it from bind(), before listen().
+    /proc keeps the name a socket was bound to: nvtpm binds PATH.PID and
+    renames it into place once listening, so that name counts too."""
+    if not os.path.exists(path):
+        return False
+    try:
+        with open('/proc/net/unix') as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                # Num RefCount Protocol Flags Type St Inode [Path]
+                if (len(fields) >= 8 and int(fields[3], 16) & 0x10000 and
+                        (fields[7] == path or (fields[7].startswith(path + '.') and
+                                                fields[7][len(path) + 1:].isdigit()))):
+                    return True
+    except OSError:
+        pass
+    return False

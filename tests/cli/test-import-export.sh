@@ -75,7 +75,7 @@ mkdir -p "$T/sw12"
 swtpm socket --tpmstate "dir=$T/sw12" --server "type=tcp,port=$((P + 2))" --ctrl "type=tcp,port=$((P + 3))" \
     --flags not-need-init,startup-clear >"$T/swtpm.log" 2>&1 &
 SWTPM_PID=$!
-wait_port $((P + 3))
+wait_port $((P + 3)) "$SWTPM_PID" || fail "swtpm (TPM 1.2) serves" "$(cat "$T/swtpm.log")"
 swtpm_ioctl --tcp ":$((P + 3))" -v >/dev/null
 stop_swtpm
 expect_exit 0 "import of a TPM 1.2 folder" -- "$NVTPM" import "$T/t12.qcow2" --from-dir "$T/sw12"

@@ -79,12 +79,16 @@ with tempfile.TemporaryDirectory() as tmp:
                                'file=' + os.path.join(tmp, 'a.qcow2'), '--server',
                                f'type=tcp,port={p}', '--ctrl', f'type=tcp,port={p + 1}',
                                '--flags', 'not-need-init,startup-clear'], stdout=log, stderr=log)
-    for _ in range(100):
+    deadline = time.monotonic() + 60  # until it listens, or ends: a failed start fails here
+    while time.monotonic() < deadline and server.poll() is None:
         try:
             connect(p + 1).close()
             break
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.02)
+    else:
+        log.flush()
+        sys.exit('nvtpm did not start: ' + open(os.path.join(tmp, 'server.log')).read()[-2000:])
     check(alive(p), 'a well-formed command works')
 
     # --- data channel --------------------------------------------------------------------

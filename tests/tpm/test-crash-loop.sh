@@ -15,9 +15,9 @@ IMG=$T/tpm.qcow2
 P=$(free_ports 2)
 export TPM2TOOLS_TCTI=swtpm:port=$P
 serve() {
-    start_nvtpm "$T/server.log" --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$P" \
-        --ctrl "type=tcp,port=$((P + 1))" --flags not-need-init,startup-clear
-    wait_port $((P + 1))
+    listen_start "$T/server.log" "tcp:$P" "tcp:$((P + 1))" -- "$NVTPM" socket --tpm2 \
+        --tpmstate "file=$IMG" --server type=tcp,fd=3 --ctrl type=tcp,fd=4 \
+        --flags not-need-init,startup-clear
 }
 serve
 tpm2_nvdefine 0x1500030 -C o -s 8 -a "ownerread|ownerwrite" >/dev/null 2>&1

@@ -80,14 +80,19 @@ def ask(port, request):
 
 
 def start(argv, port):
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, stdout=log, stderr=log)
+    deadline = time.monotonic() + 60  # until it listens, or ends
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+            socket.create_connection(('127.0.0.1', port), timeout=5).close()
             return proc
         except OSError:
-            time.sleep(0.05)
-    raise SystemExit('server did not start: ' + ' '.join(argv))
+            time.sleep(0.02)
+    proc.kill()
+    log.seek(0)
+    raise SystemExit('server did not start: ' + ' '.join(argv) + '\n' +
+                     log.read().decode(errors='replace')[-2000:])
 
 
 with tempfile.TemporaryDirectory() as tmp:

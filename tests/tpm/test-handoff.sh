@@ -29,7 +29,7 @@ server() {
     "$NVTPM" socket --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$port" \
         --ctrl "type=tcp,port=$((port + 1))" "$@" >"$T/$name.log" 2>&1 &
     eval "PID_$name=$!"
-    wait_port $((port + 1)) || fail "$name serves" "$(cat "$T/$name.log")"
+    wait_port $((port + 1)) "$!" || fail "$name serves" "$(cat "$T/$name.log")"
 }
 io() { swtpm_ioctl --tcp ":$(($1 + 1))" "${@:2}" >>"$T/ioctl.log" 2>&1; }
 # write PORT NAME WORD: NV index 0x1500016 := WORD through PORT; acknowledged or a failed check

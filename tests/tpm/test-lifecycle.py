@@ -21,7 +21,7 @@ import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from tap import check, finish  # noqa: E402
+from tap import check, finish, unix_listening  # noqa: E402
 
 NVTPM = sys.argv[1]
 ZERO = bytes(32)
@@ -90,7 +90,7 @@ class Server:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
-            if os.path.exists(self.ctrl) and os.path.exists(self.data):
+            if unix_listening(self.ctrl) and unix_listening(self.data):
                 return True
             time.sleep(0.02)
         self.proc.kill()

@@ -27,7 +27,7 @@ owner() { "$NVTPM" info "$IMG" | sed -n 's/^lock holder: pid \([0-9]*\) .*owner.
     --ctrl "type=tcp,port=$((P + 1))" --migration release-lock-outgoing \
     --flags not-need-init,startup-clear >"$T/src.log" 2>&1 &
 src=$!
-wait_port "$((P + 1))" && pass "the source serves" || fail "the source serves" "$(cat "$T/src.log")"
+wait_port "$((P + 1))" "$src" && pass "the source serves" || fail "the source serves" "$(cat "$T/src.log")"
 export TPM2TOOLS_TCTI="swtpm:port=$P"
 tpm2_nvdefine 0x1500016 -C o -s 8 -a "ownerread|ownerwrite" >/dev/null 2>"$T/err" \
     && printf 'migrated' | tpm2_nvwrite 0x1500016 -C o -i - 2>>"$T/err" \
@@ -36,7 +36,7 @@ tpm2_nvdefine 0x1500016 -C o -s 8 -a "ownerread|ownerwrite" >/dev/null 2>"$T/err
 "$NVTPM" socket --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$((P + 2))" \
     --ctrl "type=tcp,port=$((P + 3))" --migration incoming >"$T/dst.log" 2>&1 &
 dst=$!
-wait_port "$((P + 3))" && pass "--migration incoming: the destination starts while the source owns the image" \
+wait_port "$((P + 3))" "$dst" && pass "--migration incoming: the destination starts while the source owns the image" \
     || fail "--migration incoming: the destination starts while the source owns the image" "$(cat "$T/dst.log")"
 [ "$(owner)" = "$src" ] && pass "the source still owns the image" || fail "the source still owns the image" "owner: $(owner)"
 expect_exit 1 "the destination cannot load a blob while the source owns the image" -- \
@@ -72,7 +72,7 @@ expect_exit 0 "the image checks clean" -- "$NVTPM" check "$IMG"
 "$NVTPM" socket --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$P" --ctrl "type=tcp,port=$((P + 1))" \
     --flags not-need-init,startup-clear >"$T/again.log" 2>&1 &
 again=$!
-wait_port "$((P + 1))"
+wait_port "$((P + 1))" "$again" || fail "the server starts again" "$(cat "$T/again.log")"
 export TPM2TOOLS_TCTI="swtpm:port=$P"
 [ "$(tpm2_nvread 0x1500016 -C o -s 8 2>"$T/err")" = "migrated" ] && pass "after both stopped, the index is on the image" \
     || fail "after both stopped, the index is on the image" "$(cat "$T/err") $(cat "$T/again.log")"
@@ -86,7 +86,7 @@ wait "$again"
 "$NVTPM" socket --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$P" --ctrl "type=tcp,port=$((P + 1))" \
     --migration release-lock-outgoing --flags not-need-init,startup-clear >"$T/failed.log" 2>&1 &
 src=$!
-wait_port "$((P + 1))"
+wait_port "$((P + 1))" "$src" || fail "the source starts" "$(cat "$T/failed.log")"
 swtpm_ioctl --tcp "$SRC_CTRL" --save savestate "$T/savestate.blob" >/dev/null
 [ -z "$(owner)" ] && pass "a failed migration: the source gave the image up" \
     || fail "a failed migration: the source gave the image up" "owner: $(owner)"
@@ -101,7 +101,7 @@ wait "$src"
 "$NVTPM" socket --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$P" --ctrl "type=tcp,port=$((P + 1))" \
     --flags not-need-init,startup-clear >"$T/again.log" 2>&1 &
 again=$!
-wait_port "$((P + 1))"
+wait_port "$((P + 1))" "$again" || fail "the server starts again" "$(cat "$T/again.log")"
 ! grep -q "handed over" "$T/failed.log" && [ "$(tpm2_nvread 0x1500016 -C o -s 8 2>"$T/err")" = "resumed!" ] \
     && pass "the source's write is on the image" \
     || fail "the source's write is on the image" "$(cat "$T/failed.log" "$T/err" "$T/again.log")"

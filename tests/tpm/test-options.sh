@@ -47,7 +47,7 @@ start() { # start NAME ARGS...: nvtpm socket in the background, its pid in $pid
 }
 
 start term --server "type=tcp,port=$P" --ctrl "type=unixio,path=$T/ctrl-term" -t
-wait_unix "$T/ctrl-term" && pass "-t: the server starts" || fail "-t: the server starts" "$(cat "$T/term.out")"
+wait_unix "$T/ctrl-term" "$pid" && pass "-t: the server starts" || fail "-t: the server starts" "$(cat "$T/term.out")"
 resp=$(one_command "$P")
 [ "${resp:0:20}" = "80010000001400000000" ] && pass "-t: GetRandom answered" || fail "-t: GetRandom answered" "$resp"
 exits_within "$pid" 10 && pass "-t: the server exits once the data client closes" \
@@ -57,7 +57,7 @@ rc=$?
 [ "$rc" = 0 ] && pass "-t: exit status 0" || fail "-t: exit status 0" "status $rc: $(cat "$T/term.out")"
 
 start cterm --server "type=tcp,port=$P" --ctrl "type=unixio,path=$T/ctrl-cterm,terminate"
-wait_unix "$T/ctrl-cterm"
+wait_unix "$T/ctrl-cterm" "$pid" || fail "terminate: the server starts" "$(cat "$T/cterm.out")"
 expect_exit 0 "--ctrl ...,terminate: a control client asks for the capabilities" -- \
     swtpm_ioctl --unix "$T/ctrl-cterm" -g
 exits_within "$pid" 10 && pass "--ctrl ...,terminate: the server exits once the control client closes" \
@@ -65,7 +65,7 @@ exits_within "$pid" 10 && pass "--ctrl ...,terminate: the server exits once the 
 wait "$pid"
 
 start nolog --server "type=tcp,port=$P" --ctrl "type=unixio,path=$T/ctrl-nolog" --log "file=$T/quiet.log,level=4"
-wait_port "$P"
+wait_port "$P" "$pid" || fail "--log level=4: the server starts" "$(cat "$T/nolog.out")"
 one_command "$P" >/dev/null
 expect_exit 0 "--log level=4: the server stops" -- swtpm_ioctl --unix "$T/ctrl-nolog" -s
 wait "$pid"
@@ -74,7 +74,7 @@ wait "$pid"
     || fail "--log level=4: the log file exists and holds no command" "$(cat "$T/quiet.log" 2>&1)"
 
 start log --server "type=tcp,port=$P" --ctrl "type=unixio,path=$T/ctrl-log" --log "file=$T/loud.log,level=5"
-wait_port "$P"
+wait_port "$P" "$pid" || fail "--log level=5: the server starts" "$(cat "$T/log.out")"
 one_command "$P" >/dev/null
 expect_exit 0 "--log level=5: the server stops" -- swtpm_ioctl --unix "$T/ctrl-log" -s
 wait "$pid"
@@ -92,7 +92,7 @@ expect_output "--runas no-such-user-nvtpm: no such user" "the message names the 
 
 if [ "$(id -u)" = 0 ]; then
     start runas --server "type=tcp,port=$P" --ctrl "type=unixio,path=$T/ctrl-runas" --runas nobody
-    wait_port "$P"
+    wait_port "$P" "$pid" || fail "--runas: the server starts" "$(cat "$T/runas.out")"
     uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
     [ "$uid" = "$(id -u nobody)" ] && pass "--runas nobody: the server runs as nobody" \
         || fail "--runas nobody: the server runs as nobody" "uid ${uid:-?}: $(cat "$T/runas.out")"

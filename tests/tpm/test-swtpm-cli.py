@@ -30,7 +30,7 @@ import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from tap import check, finish, free_ports  # noqa: E402
+from tap import check, finish, free_ports, unix_listening  # noqa: E402
 
 NVTPM = sys.argv[1]
 GET_CAPS = bytes.fromhex('00000001')
@@ -116,7 +116,7 @@ def same(name, results, want=None):
 def tpm_path(kind, d):
     ctrl = os.path.join(d, 'ctrl')
     p = start(kind, ['--tpm2', '--ctrl', f'type=unixio,path={ctrl}'],
-              env=dict(os.environ, TPM_PATH=d), ready=lambda: os.path.exists(ctrl))
+              env=dict(os.environ, TPM_PATH=d), ready=lambda: unix_listening(ctrl))
     r = unix_ask(ctrl, bytes.fromhex('0000000200000000')).hex()  # INIT
     stop(p)
     return r, bool(os.listdir(d))
@@ -148,7 +148,7 @@ def server_fd(kind, d):
     ctrl = os.path.join(d, 'ctrl')
     p = start(kind, ['--tpm2', '--tpmstate', f'dir={d}', '--flags', 'not-need-init',
                      '--server', f'fd={b.fileno()}', '--ctrl', f'type=unixio,path={ctrl}'],
-              pass_fds=[b.fileno()], ready=lambda: os.path.exists(ctrl))
+              pass_fds=[b.fileno()], ready=lambda: unix_listening(ctrl))
     b.close()
     a.settimeout(20)
     a.sendall(TPM2_STARTUP)
@@ -167,7 +167,7 @@ def pty_data(kind, d):
     ctrl = os.path.join(d, 'ctrl')
     p = start(kind, ['--tpm2', '--tpmstate', f'dir={d}', '--fd', str(master),
                      '--ctrl', f'type=unixio,path={ctrl}'],
-              pass_fds=[master], ready=lambda: os.path.exists(ctrl))
+              pass_fds=[master], ready=lambda: unix_listening(ctrl))
     os.close(master)
     r = unix_ask(ctrl, GET_CAPS).hex()
     code = stop(p)
@@ -190,7 +190,7 @@ def key_remove(flag):
         p = start(kind, ['--tpm2', '--tpmstate', f'dir={state}', '--ctrl',
                          f'type=unixio,path={ctrl}', '--key',
                          f'file={key},format=hex,mode=aes-cbc,remove={flag}'],
-                  ready=lambda: os.path.exists(ctrl))
+                  ready=lambda: unix_listening(ctrl))
         unix_ask(ctrl, GET_CAPS)
         stop(p)
         return os.path.exists(key)
@@ -206,7 +206,7 @@ def ctrl_owner(kind, d):
     group = grp.getgrgid(pwd.getpwnam('nobody').pw_gid).gr_name
     p = start(kind, ['--tpm2', '--tpmstate', f'dir={d}', '--ctrl',
                      f'type=unixio,path={ctrl},uid=nobody,gid={group}'],
-              ready=lambda: os.path.exists(ctrl))
+              ready=lambda: unix_listening(ctrl))
     st = os.stat(ctrl)
     stop(p)
     return pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name
@@ -268,7 +268,7 @@ def stateblob_flags(kind, d):
     os.mkdir(state)
     p = start(kind, ['--tpm2', '--tpmstate', f'dir={state}', '--ctrl', f'type=unixio,path={ctrl}',
                      '--key', f'file={key},format=hex,mode=aes-cbc', '--flags',
-                     'not-need-init,startup-clear'], ready=lambda: os.path.exists(ctrl))
+                     'not-need-init,startup-clear'], ready=lambda: unix_listening(ctrl))
     out = []
     for flags in (0, 1):  # 1: the client asks for it decrypted (QEMU does)
         r = unix_ask(ctrl, struct.pack('>IIII', 0x0c, flags, 1, 0))
@@ -293,7 +293,7 @@ def pid_removed(how, spec):
             fds, arg = [fd], f'fd={fd}'
         p = start(kind, ['--tpm2', '--tpmstate', f'dir={d}', '--pid', arg, '--ctrl',
                          f'type=unixio,path={ctrl}'], pass_fds=fds,
-                  ready=lambda: os.path.exists(ctrl) and os.path.getsize(pidfile) > 0
+                  ready=lambda: unix_listening(ctrl) and os.path.getsize(pidfile) > 0
                   if os.path.exists(pidfile) else False)
         for fd in fds:
             os.close(fd)
@@ -342,7 +342,7 @@ def log_lines(level):
         args = ['--tpmstate', f'dir={d}', '--ctrl', f'type=unixio,path={ctrl}',  # a TPM 1.2
                 '--server', f'type=tcp,port={port}',
                 '--log', f'file={log}' + (f',level={level}' if level else '')]
-        p = start(kind, args, ready=lambda: os.path.exists(ctrl))
+        p = start(kind, args, ready=lambda: unix_listening(ctrl))
         unix_ask(ctrl, bytes.fromhex('0000000200000000'))  # INIT
         tcp_ask(port, bytes.fromhex('00c10000000c000000990001'))  # TPM_Startup(ST_CLEAR)
         tcp_ask(port, bytes.fromhex('00c10000000e0000004600000008'))  # TPM_GetRandom(8)

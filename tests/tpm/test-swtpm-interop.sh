@@ -46,7 +46,7 @@ wait "$SERVER_PID"
 
 # --- a UNIX control socket, as QEMU and libvirt use ------------------------------------------
 start_nvtpm "$T/unix.log" --tpm2 --tpmstate "file=$T/u.qcow2" --ctrl "type=unixio,path=$CTRL"
-wait_unix "$CTRL"
+wait_unix "$CTRL" "$SERVER_PID" || fail "a UNIX control socket: the server starts" "$(cat "$T/unix.log")"
 [ "$(stat -c %a "$CTRL")" = 600 ] && pass "the UNIX control socket is mode 0600" || fail "the UNIX control socket is mode 0600" "$(stat -c %a "$CTRL")"
 expect_exit 0 "swtpm_ioctl --unix -i" -- swtpm_ioctl --unix "$CTRL" -i
 expect_exit 0 "swtpm_ioctl --unix --info 2" -- swtpm_ioctl --unix "$CTRL" --info 2

@@ -40,7 +40,7 @@ serve() {
     "$prog" socket --tpm2 --tpmstate "dir=$dir,mode=0600" --ctrl "type=tcp,port=$((P + 1))" \
         --server "type=tcp,port=$P" --log "file=$T/server.log" "$@" >"$T/server.out" 2>&1 &
     SERVER_PID=$!
-    wait_port $((P + 1)) || fail "$prog serves $dir" "$(cat "$T/server.out" "$T/server.log" 2>/dev/null)"
+    wait_port $((P + 1)) "$SERVER_PID" || fail "$prog serves $dir" "$(cat "$T/server.out" "$T/server.log" 2>/dev/null)"
 }
 stop() { # NAME: SHUTDOWN through swtpm_ioctl, as libvirt stops it; exit status 0
     swtpm_ioctl --tcp ":$((P + 1))" -s >/dev/null 2>&1

@@ -17,13 +17,14 @@ EXTENDED=90F4B39548DF55AD6187A1D20D731ECEE78C545B94AFD16F42EF7592D99CD365
 ZERO=0000000000000000000000000000000000000000000000000000000000000000
 
 serve() {
-    start_nvtpm "$T/server.log" --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$P" \
-        --ctrl "type=tcp,port=$((P + 1))" --flags not-need-init,startup-clear "$@"
-    wait_port $((P + 1))
+    listen_start "$T/server.log" "tcp:$P" "tcp:$((P + 1))" -- "$NVTPM" socket --tpm2 \
+        --tpmstate "file=$IMG" --server type=tcp,fd=3 --ctrl type=tcp,fd=4 \
+        --flags not-need-init,startup-clear "$@"
 }
 pcr0() { tpm2_pcrread sha256:0 2>/dev/null | awk '/0 :/ {print $3}' | sed 's/^0x//'; }
 
 serve
+swtpm_ioctl --tcp ":$((P + 1))" -g >/dev/null 2>&1 # answered once the server is up
 [ -e "$IMG" ] && pass "the image was created on first run" || fail "the image was created on first run" "$(cat "$T/server.log")"
 r=$(tpm2_getrandom --hex 16 2>"$T/err")
 [[ "$r" =~ ^[0-9a-f]{32}$ ]] && pass "tpm2_getrandom: 16 random bytes" || fail "tpm2_getrandom: 16 random bytes" "$r $(cat "$T/err")"
@@ -79,7 +80,7 @@ stop_server TERM
 
 # tpm2-tss's mssim TCTI: prefixed commands on the data port, the platform port beside it.
 start_nvtpm "$T/mssim.log" --tpm2 --tpmstate "file=$IMG" --server "type=tcp,port=$P" --platform "port=$((P + 1))"
-wait_port $((P + 1))
+wait_port $((P + 1)) "$SERVER_PID" || fail "--platform: the server starts" "$(cat "$T/mssim.log")"
 MS=mssim:host=127.0.0.1,port=$P
 expect_exit 0 "mssim: tpm2_startup" -- env TPM2TOOLS_TCTI="$MS" tpm2_startup -c
 expect_exit 0 "mssim: tpm2_getrandom" -- env TPM2TOOLS_TCTI="$MS" tpm2_getrandom --hex 8

@@ -56,7 +56,7 @@ def said(name, what, after=None):
     return m.group(1) if m else None
 
 
-def start_tpm(kind, name, img, extra=()):
+def start_tpm(kind, name, img, extra=(), refused=False):
     sock = f'{T}/{name}.ctrl'
     if kind == 'swtpm':
         os.makedirs(img, exist_ok=True)
@@ -64,26 +64,60 @@ def start_tpm(kind, name, img, extra=()):
     else:
         argv = [NVTPM, 'socket', '--tpm2', '--tpmstate', f'file={img}']
     log = open(f'{T}/{name}.tpm.log', 'w')
-    p = subprocess.Popen(argv + ['--ctrl', f'type=unixio,path={sock}'] + list(extra),
-                         stdout=log, stderr=subprocess.STDOUT)
-    wait_for(lambda: os.path.exists(sock) or p.poll() is not None, 10)
+    # The control socket is made here and passed in: QEMU may connect at once
+    # (the kernel queues it until the server accepts), nothing waits or guesses.
+    listener = listening_unix(sock)
+    fd = listener.fileno()
+    p = subprocess.Popen(argv + ['--ctrl', f'type=unixio,fd={fd}'] + list(extra),
+                         stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,))
+    listener.close()
+    # Its answer to GET_CAPABILITY says it is up (its image opened, made or
+    # formatted), which the other server on a shared image must not precede.
+    # A start meant to be refused is checked by its exit status instead.
+    if refused:
+        return p, sock
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(120)
+            c.connect(sock)
+            c.sendall(b'\0\0\0\1')
+            answer = c.recv(8)
+    except OSError as e:
+        answer = str(e).encode()
+    if len(answer) != 8 or answer[:4] != b'\0\0\0\0':
+        check(False, f'{name}: {kind} starts and answers GET_CAPABILITY', f'{answer!r}: ' +
+              open(f'{T}/{name}.tpm.log').read()[-2000:])
     return p, sock
 
 
+def listening_unix(path):
+    """A listening UNIX socket at path, to pass to the process that serves it:
+    clients may connect before that process runs (the kernel queues them)."""
+    if os.path.exists(path):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    return listener
+
+
 def start_qemu(name, ctrl, incoming=None, append=''):
+    monitor = listening_unix(f'{T}/{name}.monitor')  # passed in: nothing waits for QEMU
+    mfd = monitor.fileno()
     argv = ['qemu-system-x86_64', '-accel', 'tcg', '-m', '512', '-nodefaults', '-display', 'none',
             '-kernel', f'{GUEST}/vmlinuz', '-initrd', f'{GUEST}/initrd.gz',
             '-append', KERNEL_ARGS + append,
             '-serial', f'file:{T}/{name}.console',
-                        '-monitor', f'unix:{T}/{name}.monitor,server=on,wait=off',
+            '-chardev', f'socket,id=mon,fd={mfd},server=on,wait=off',
+            '-mon', 'chardev=mon,mode=readline',
             '-chardev', f'socket,id=chrtpm,path={ctrl}',
             '-tpmdev', 'emulator,id=tpm0,chardev=chrtpm', '-device', 'tpm-tis,tpmdev=tpm0']
     if incoming:
         argv += ['-incoming', f'unix:{incoming}']
     err = open(f'{T}/{name}.qemu.err', 'w')
     env = {k: v for k, v in os.environ.items() if k != 'MALLOC_PERTURB_'}  # see test-vm.sh
-    p = subprocess.Popen(argv, stdout=err, stderr=subprocess.STDOUT, env=env)
-    wait_for(lambda: os.path.exists(f'{T}/{name}.monitor') or p.poll() is not None, 10)
+    p = subprocess.Popen(argv, stdout=err, stderr=subprocess.STDOUT, env=env, pass_fds=(mfd,))
+    monitor.close()
     return p
 
 
@@ -432,7 +466,7 @@ def seed_case(what, dst_img, key_args, want):
           r.stdout + r.stderr)
     before = sha(dst_img)
     s_tpm, s_ctrl = start_tpm('nvtpm', 'src', f'{T}/d-src.qcow2')
-    d_tpm, d_ctrl = start_tpm('nvtpm', 'dst', dst_img, key_args)
+    d_tpm, d_ctrl = start_tpm('nvtpm', 'dst', dst_img, key_args, refused=True)
     d_tpm.wait(timeout=30)
     check(d_tpm.returncode == want, f"{what}: the destination's nvtpm exits {want} at start",
           diagnostics('dst'))

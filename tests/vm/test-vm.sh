@@ -65,12 +65,11 @@ handover() {
     python3 "$HERE/handover.py" "$mode" "$SOCK" "$NVTPM" socket --tpm2 --tpmstate "file=$img" "$@" \
         -- "${QEMU[@]}" -serial "file:$CONSOLE" -no-reboot "${LX[@]}" $(tpm_dev) >"$T/out" 2>"$T/err"
 }
-serve() { # IMG ARGS...: nvtpm with a UNIX control socket, as libvirt runs it
+serve() { # IMG ARGS...: nvtpm with a UNIX control socket made for it (QEMU connects at once)
     local img=$1
     shift
-    rm -f "$SOCK"
-    start_nvtpm "$T/nvtpm.log" --tpm2 --tpmstate "file=$img" --ctrl "type=unixio,path=$SOCK" "$@"
-    wait_unix "$SOCK"
+    listen_start "$T/nvtpm.log" "unix:$SOCK" -- "$NVTPM" socket --tpm2 --tpmstate "file=$img" \
+        --ctrl type=unixio,fd=3 "$@"
 }
 server_exit() { # NAME CODE: nvtpm exits with CODE within 10 s
     local i
@@ -183,7 +182,7 @@ guest_says "and the guest reads the NV data back" "NVREAD: handover$"
 rm -f "$SOCK"
 "$NVTPM" socket --tpm2 --tpmstate "file=$T/d.qcow2" --ctrl "type=unixio,path=$SOCK,terminate" \
     --daemon --pid "file=$T/pid" 2>"$T/err"
-wait_unix "$SOCK"
+wait_unix "$SOCK" || fail "--daemon: the server listens" "$(cat "$T/err")"
 DPID=$(cat "$T/pid" 2>/dev/null)
 [ -n "$DPID" ] && kill -0 "$DPID" 2>/dev/null && pass "--daemon: the pid file names a running process" ||
     fail "--daemon: the pid file names a running process" "$(cat "$T/err")"
