@@ -55,21 +55,6 @@ static ssize_t io_send(int fd, const void *buf, size_t len)
     return n < 0 && errno == ENOTSOCK ? write(fd, buf, len) : n;
 }
 
-int server_read_full(int fd, void *buf, size_t len)
-{
-    uint8_t *p = buf;
-    while (len) {
-        ssize_t n = io_recv(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 int server_write_full(int fd, const void *buf, size_t len)
 {
     const uint8_t *p = buf;
@@ -590,22 +575,30 @@ static bool conn_expired(struct server *s, const struct ctrl_conn *c, int64_t no
     return true;
 }
 
-/* How long poll may wait: until the control request's deadline, if any. */
-static int conn_poll_timeout(const struct ctrl_conn *c, int64_t now)
+/* How long poll may wait for a deadline (0: none): -1 for ever. */
+static int deadline_wait(int64_t deadline, int64_t now)
 {
-    if (c->fd < 0 || c->deadline == 0)
+    if (deadline == 0)
         return -1;
-    return c->deadline <= now ? 0 : (int)(c->deadline - now);
+    return deadline <= now ? 0 : (int)(deadline - now);
 }
 
 /* ---- the MS simulator's platform port ------------------------------------------------ */
 
-static bool serve_platform(int fd)
+/* The platform connection: its 4-byte commands are taken as their bytes
+ * come, as a control request is, so a client that sends half of one holds up
+ * nothing; it is dropped at the control channel's deadline. */
+struct plat_conn {
+    int fd; /* -1: none */
+    uint8_t cmd[4];
+    size_t have;
+    int64_t deadline; /* CLOCK_MONOTONIC ms; 0: no command under way */
+};
+
+/* Run one command; false for the session's end. */
+static bool platform_command(uint32_t cmd)
 {
-    uint8_t cmd[4], zero[4] = {0};
-    if (server_read_full(fd, cmd, 4) < 0)
-        return false;
-    switch (nv_be32(cmd)) {
+    switch (cmd) {
     case 1: /* power on */
         if (!tpm_backend_running())
             tpm_backend_start(false);
@@ -621,7 +614,32 @@ static bool serve_platform(int fd)
     default: /* NV on/off, cancel off, locality, phys. presence: nothing to do */
         break;
     }
-    return server_write_full(fd, zero, 4) == 0;
+    return true;
+}
+
+/* The platform socket is readable; false when the connection ends. A reply
+ * (4 zero bytes) the socket cannot take at once ends it too: the client has
+ * left thousands of replies unread. */
+static bool plat_serve(struct plat_conn *p)
+{
+    static const uint8_t zero[4] = {0};
+    ssize_t n;
+    do {
+        n = recv(p->fd, p->cmd + p->have, sizeof(p->cmd) - p->have, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return true;
+    if (n <= 0)
+        return false;
+    if (p->have == 0)
+        p->deadline = now_ms() + CTRL_DEADLINE_MS;
+    p->have += (size_t)n;
+    if (p->have < sizeof(p->cmd))
+        return true;
+    p->have = 0;
+    p->deadline = 0;
+    return platform_command(nv_be32(p->cmd)) &&
+           send(p->fd, zero, sizeof(zero), MSG_DONTWAIT | MSG_NOSIGNAL) == sizeof(zero);
 }
 
 /* ---- the main loop ----------------------------------------------------------------------- */
@@ -631,6 +649,7 @@ enum { P_SIGNAL, P_WAKE, P_CTRL_LISTEN, P_CTRL, P_DATA_LISTEN, P_PLAT_LISTEN, P_
 struct loop {
     struct pollfd p[P_COUNT];
     struct ctrl_conn ctrl; /* its fd is p[P_CTRL]'s */
+    struct plat_conn plat; /* its fd is p[P_PLAT]'s */
     bool done;
 };
 
@@ -657,6 +676,29 @@ static void loop_end_ctrl(struct loop *l, const struct tpm_server_config *cfg)
     loop_set_ctrl(l, -1);
     if (exit_now || cfg->ctrl.terminate)
         l->done = true;
+}
+
+static void loop_set_plat(struct loop *l, int fd)
+{
+    l->plat = (struct plat_conn){.fd = fd};
+    set_fd(l, P_PLAT, fd);
+}
+
+/* Drop a control or platform client whose request is past its deadline. */
+static void loop_expire(struct server *s, struct loop *l)
+{
+    int64_t now = now_ms();
+    if (conn_expired(s, &l->ctrl, now))
+        loop_end_ctrl(l, s->cfg);
+    if (l->plat.fd >= 0 && l->plat.deadline && now >= l->plat.deadline) {
+        char msg[96];
+        snprintf(msg, sizeof(msg),
+                 "platform command not received whole within %d s; connection dropped",
+                 CTRL_DEADLINE_MS / 1000);
+        cb_log(s, msg);
+        close(l->plat.fd);
+        loop_set_plat(l, -1);
+    }
 }
 
 static int accept_one(int listen_fd)
@@ -691,13 +733,39 @@ static void handle_events(struct server *s, struct loop *l, int data_listen)
         if (fd >= 0)
             give_data_fd(s, fd);
     }
-    if (l->p[P_PLAT_LISTEN].revents && l->p[P_PLAT].fd < 0)
-        set_fd(l, P_PLAT, accept_one(l->p[P_PLAT_LISTEN].fd));
-    if (l->p[P_PLAT].fd >= 0 && (l->p[P_PLAT].revents & (POLLIN | POLLHUP | POLLERR)) &&
-        !serve_platform(l->p[P_PLAT].fd)) {
-        close(l->p[P_PLAT].fd);
-        set_fd(l, P_PLAT, -1);
+    if (l->p[P_PLAT_LISTEN].revents && l->plat.fd < 0)
+        loop_set_plat(l, accept_one(l->p[P_PLAT_LISTEN].fd));
+    if (l->plat.fd >= 0 && (l->p[P_PLAT].revents & (POLLIN | POLLHUP | POLLERR)) &&
+        !plat_serve(&l->plat)) {
+        close(l->plat.fd);
+        loop_set_plat(l, -1);
     }
+}
+
+/* One round of the main loop: wait until a socket or a signal is ready, or
+ * a control or platform request's deadline passes, and serve what is. */
+static int loop_round(struct server *s, struct loop *l, struct nv_error *err)
+{
+    int data_listen = l->p[P_DATA_LISTEN].fd;
+    l->p[P_DATA_LISTEN].fd = data_busy(s) ? -1 : data_listen; /* one client at a time */
+    l->p[P_CTRL_LISTEN].fd =
+        l->p[P_CTRL].fd >= 0 ? -l->p[P_CTRL_LISTEN].fd - 2 : l->p[P_CTRL_LISTEN].fd;
+    l->p[P_CTRL].events = l->ctrl.out_len ? POLLOUT : POLLIN; /* a response under way */
+    int64_t now = now_ms();
+    int wait = deadline_wait(l->ctrl.deadline, now),
+        plat_wait = deadline_wait(l->plat.deadline, now);
+    if (plat_wait >= 0 && (wait < 0 || plat_wait < wait))
+        wait = plat_wait;
+    int n = poll(l->p, P_COUNT, wait);
+    l->p[P_DATA_LISTEN].fd = data_listen;
+    if (l->p[P_CTRL_LISTEN].fd < -1)
+        l->p[P_CTRL_LISTEN].fd = -l->p[P_CTRL_LISTEN].fd - 2;
+    if (n < 0 && errno != EINTR)
+        return nv_error_set(err, -errno, "server: poll: %s", strerror(errno));
+    if (n > 0)
+        handle_events(s, l, data_listen);
+    loop_expire(s, l);
+    return 0;
 }
 
 static int signal_fd(sigset_t *old)
@@ -781,7 +849,7 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     }
     pthread_mutex_init(&s.lock, NULL);
     pthread_cond_init(&s.cond, NULL);
-    l.ctrl.fd = l.ctrl.passed_fd = -1;
+    l.ctrl.fd = l.ctrl.passed_fd = l.plat.fd = -1;
     l.ctrl.req = req;
     int r = open_sockets(&s, &l, err);
     if (r == 0 && cfg->ready)
@@ -790,23 +858,8 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     set_fd(&l, P_WAKE, s.wake[0]);
     if (r == 0 && pthread_create(&thread, NULL, tpm_thread, &s) != 0)
         r = nv_error_set(err, -EAGAIN, "server: cannot start the TPM thread");
-    while (r == 0 && !l.done) {
-        int data_listen = l.p[P_DATA_LISTEN].fd;
-        l.p[P_DATA_LISTEN].fd = data_busy(&s) ? -1 : data_listen; /* one client at a time */
-        l.p[P_CTRL_LISTEN].fd =
-            l.p[P_CTRL].fd >= 0 ? -l.p[P_CTRL_LISTEN].fd - 2 : l.p[P_CTRL_LISTEN].fd;
-        l.p[P_CTRL].events = l.ctrl.out_len ? POLLOUT : POLLIN; /* a response under way */
-        int n = poll(l.p, P_COUNT, conn_poll_timeout(&l.ctrl, now_ms()));
-        l.p[P_DATA_LISTEN].fd = data_listen;
-        if (l.p[P_CTRL_LISTEN].fd < -1)
-            l.p[P_CTRL_LISTEN].fd = -l.p[P_CTRL_LISTEN].fd - 2;
-        if (n < 0 && errno != EINTR)
-            r = nv_error_set(err, -errno, "server: poll: %s", strerror(errno));
-        else if (n > 0)
-            handle_events(&s, &l, data_listen);
-        if (conn_expired(&s, &l.ctrl, now_ms()))
-            loop_end_ctrl(&l, cfg);
-    }
+    while (r == 0 && !l.done)
+        r = loop_round(&s, &l, err);
     if (r == 0 || l.done) {
         pthread_mutex_lock(&s.lock);
         s.stopping = true;

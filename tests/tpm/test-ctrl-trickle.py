@@ -6,7 +6,10 @@ data client is answered at once and SIGTERM ends the server at once (exit 0);
 the trickling request is cut off at its overall deadline (nvtpm: 10 s from its
 first byte, however often bytes come; swtpm: 500 ms), the connection dropped
 without an answer, one line on nvtpm's log, and the server serves on.
-UNIX sockets for both channels. Usage: test-ctrl-trickle.py NVTPM"""
+UNIX sockets for both channels. nvtpm's own MS simulator platform port
+(--platform, TCP) gets the same: a client that sends half a command beside
+the trickle holds nothing up and is dropped at the same deadline.
+Usage: test-ctrl-trickle.py NVTPM"""
 import os
 import select
 import signal
@@ -20,7 +23,7 @@ import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from tap import check, finish  # noqa: E402
+from tap import check, finish, free_ports  # noqa: E402
 
 nvtpm = sys.argv[1]
 EVERY = 2.0           # seconds between trickled bytes: far below a per-piece timeout of 10 s
@@ -28,6 +31,7 @@ DEADLINE = {'nvtpm': (9.5, 12.5), 'swtpm': (0.3, 2.0)}  # when the request is cu
 SET_STATEBLOB_100000 = struct.pack('>IIII', 0x0d, 0, 1, 100000)
 GET_CAPABILITY = struct.pack('>I', 1)
 GETRANDOM = struct.pack('>HIIH', 0x8001, 12, 0x17b, 8)
+POWER_ON = struct.pack('>I', 1)
 
 
 def unix(path, timeout=3):
@@ -35,6 +39,20 @@ def unix(path, timeout=3):
     s.settimeout(timeout)
     s.connect(path)
     return s
+
+
+def connect(where, timeout=3):
+    """A UNIX socket's path, or a TCP address."""
+    if isinstance(where, str):
+        return unix(where, timeout)
+    return socket.create_connection(where, timeout=timeout)
+
+
+def half_platform_command(srv):
+    """nvtpm's platform port: the first byte of a 4-byte command, no more."""
+    s = connect(('127.0.0.1', srv.platform))
+    s.sendall(POWER_ON[:1])
+    return s, time.monotonic()
 
 
 class Server:
@@ -51,10 +69,16 @@ class Server:
                 '--server', 'type=unixio,path=' + self.data,
                 '--ctrl', 'type=unixio,path=' + self.ctrl,
                 '--flags', 'not-need-init,startup-clear', '--log', 'file=' + self.log]
+        self.platform = None
+        if kind == 'nvtpm':
+            self.platform = free_ports(1)
+            argv += ['--platform', f'port={self.platform}']
         with open(self.out, 'w') as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=out)
         self.wait_socket(self.ctrl)
         self.wait_socket(self.data)
+        if self.platform:
+            self.wait_socket(('127.0.0.1', self.platform))
 
     def logs(self):
         text = ''
@@ -63,17 +87,18 @@ class Server:
                 text += open(f, errors='replace').read()
         return text
 
-    def wait_socket(self, path, limit=10):
-        """Until the socket takes a connection; the server's exit or the limit
-        ends the run with its log."""
+    def wait_socket(self, where, limit=10):
+        """Until the socket (a path, or a TCP address) takes a connection; the
+        server's exit or the limit ends the run with its log."""
         end = time.monotonic() + limit
         while time.monotonic() < end and self.proc.poll() is None:
             try:
-                unix(path).close()
+                connect(where).close()
                 return
             except OSError:
                 time.sleep(0.05)
-        check(False, f'{self.kind}: {os.path.basename(path)} takes connections',
+        name = os.path.basename(where) if isinstance(where, str) else f'port {where[1]}'
+        check(False, f'{self.kind}: {name} takes connections',
               f'exit {self.proc.poll()}; log:\n' + self.logs())
         self.stop()
         finish()
@@ -161,6 +186,7 @@ def serve_and_stop(kind, tmp):
     control request trickles in."""
     srv = Server(kind, tmp, 'term')
     trickle = Trickle(srv.ctrl)
+    plat = half_platform_command(srv)[0] if srv.platform else None
     rsp, took = getrandom(srv.data)
     under_way = trickle.ended is None
     check(answered(rsp) and took < 3,
@@ -182,12 +208,15 @@ def serve_and_stop(kind, tmp):
         check(under_way, f'{kind}: ... with the trickling request still under way')
     srv.stop()
     trickle.close()
+    if plat:
+        plat.close()
 
 
 def cut_off(kind, tmp):
     """(c) the trickling request is cut off at its overall deadline."""
     srv = Server(kind, tmp, 'deadline')
     trickle = Trickle(srv.ctrl)
+    plat = half_platform_command(srv) if srv.platform else None
     low, high = DEADLINE[kind]
     ended = trickle.wait_end(high + EVERY)
     check(ended is not None and low <= ended <= high,
@@ -196,10 +225,16 @@ def cut_off(kind, tmp):
           f'ended {ended} s after the header, {trickle.sent} bytes trickled')
     check(trickle.answer == b'', f'{kind}: ... without an answer', trickle.answer.hex())
     trickle.close()
+    if plat:
+        platform_cut_off(srv, *plat)
     if kind == 'nvtpm':
-        lines = [ln for ln in srv.logs().splitlines() if 'connection dropped' in ln]
+        lines = [ln for ln in srv.logs().splitlines() if 'control request' in ln]
         check(len(lines) == 1 and 'within 10 s' in lines[0],
               f'{kind}: one line on the log says why', '\n'.join(lines) or srv.logs())
+    if kind == 'nvtpm':
+        lines = [ln for ln in srv.logs().splitlines() if 'platform command' in ln]
+        check(len(lines) == 1, f'{kind}: one line on the log for the platform client',
+              srv.logs())
     caps = ask_ctrl(srv.ctrl, GET_CAPABILITY)
     check(len(caps) == 8 and caps[:4] == b'\0\0\0\0',
           f'{kind}: the next control client is answered', caps.hex())
@@ -213,6 +248,31 @@ def cut_off(kind, tmp):
     check(rc == 0, f'{kind}: SIGTERM: exit 0', f'exit {rc}; log:\n' + srv.logs())
     srv.stop()
     return srv
+
+
+def platform_cut_off(srv, sock, t0):
+    """The platform client that sent half a command is dropped at the
+    deadline, and the next one is answered."""
+    low, high = DEADLINE['nvtpm']
+    sock.settimeout(max(0.5, t0 + high - time.monotonic()))
+    try:
+        got = sock.recv(64)
+    except socket.timeout:
+        got = None
+    except OSError:
+        got = b''
+    ended = time.monotonic() - t0
+    sock.close()
+    check(got == b'' and low <= ended <= high,
+          f'nvtpm: a half platform command is dropped {low}-{high} s after its first byte',
+          f'got {got!r} after {ended:.1f} s')
+    try:
+        with connect(('127.0.0.1', srv.platform)) as s:
+            s.sendall(POWER_ON)
+            got = s.recv(64)
+    except OSError:
+        got = b''
+    check(got == b'\0' * 4, 'nvtpm: the next platform client is answered', got.hex())
 
 
 with tempfile.TemporaryDirectory() as tmp:
