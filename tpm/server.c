@@ -18,14 +18,15 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ctrl.h"
 #include "fdstash.h"
 
-#define MS_SEND_COMMAND      8u
-#define MS_SESSION_END       20u
-#define CTRL_READ_TIMEOUT_MS 10000
+#define MS_SEND_COMMAND  8u
+#define MS_SESSION_END   20u
+#define CTRL_DEADLINE_MS 10000 /* a control request, and its response, each */
 
 struct server {
     const struct tpm_server_config *cfg;
@@ -52,21 +53,6 @@ static ssize_t io_send(int fd, const void *buf, size_t len)
 {
     ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
     return n < 0 && errno == ENOTSOCK ? write(fd, buf, len) : n;
-}
-
-int server_read_full(int fd, void *buf, size_t len)
-{
-    uint8_t *p = buf;
-    while (len) {
-        ssize_t n = io_recv(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
 }
 
 int server_write_full(int fd, const void *buf, size_t len)
@@ -418,58 +404,89 @@ static void cb_savestate_read(void *opaque)
 
 /* ---- the control channel, on the main thread ----------------------------------------- */
 
-static int wait_readable(int fd, int timeout_ms)
+/* The control connection. Its request is taken in whatever pieces the socket
+ * has whenever poll says it is readable, and its response leaves the same
+ * way, so the main loop never waits on a control client: a client that
+ * trickles a request or reads no response holds neither the data channel nor
+ * a signal. Each request, and then its response, must be through within
+ * CTRL_DEADLINE_MS of its first byte (not per piece), or the connection is
+ * dropped: one control client at a time, so a stalled one would keep every
+ * other out for good. */
+struct ctrl_conn {
+    int fd;       /* -1: none */
+    uint8_t *req; /* CTRL_MAX_REQUEST bytes */
+    size_t have;
+    int passed_fd;    /* the descriptor that came with the request (SET_DATAFD), -1: none */
+    int64_t deadline; /* CLOCK_MONOTONIC ms; 0: no request under way */
+    uint8_t small[CTRL_MAX_RESPONSE];
+    uint8_t *big; /* a large response (ctrl_handle's) */
+    const uint8_t *out;
+    size_t out_len;   /* response bytes not sent yet */
+    bool close_after; /* a refused request: answer, then close */
+    bool exit_after;  /* SHUTDOWN: answer, then stop the process */
+};
+
+static int64_t now_ms(void)
 {
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    int r;
-    do {
-        r = poll(&p, 1, timeout_ms);
-    } while (r < 0 && errno == EINTR);
-    return r;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Read one whole request (and the descriptor SET_DATAFD brings). */
-static int read_request(int fd, uint8_t *req, size_t *len, int *passed_fd)
+/* Forget the request and response under way (the socket is the caller's). */
+static void conn_clear(struct ctrl_conn *c)
 {
-    size_t nfds = 0;
-    *passed_fd = -1;
-    ssize_t n = fdstash_recvmsg(fd, req, CTRL_MAX_REQUEST, passed_fd, 1, &nfds, NULL);
+    if (c->passed_fd >= 0)
+        close(c->passed_fd);
+    free(c->big);
+    c->passed_fd = -1;
+    c->big = NULL;
+    c->have = 0;
+    c->out_len = 0;
+    c->deadline = 0;
+    c->close_after = false;
+    c->exit_after = false;
+}
+
+/* Take what the socket has; false when the connection ends (EOF, an error). */
+static bool conn_read(struct ctrl_conn *c)
+{
+    ssize_t n;
+    if (c->have == 0) { /* a new request: the descriptor SET_DATAFD brings comes first */
+        size_t nfds = 0;
+        c->passed_fd = -1;
+        n = fdstash_recvmsg(c->fd, c->req, CTRL_MAX_REQUEST, &c->passed_fd, 1, &nfds, NULL);
+        if (nfds == 0)
+            c->passed_fd = -1;
+        c->deadline = now_ms() + CTRL_DEADLINE_MS;
+    } else {
+        do {
+            n = recv(c->fd, c->req + c->have, CTRL_MAX_REQUEST - c->have, MSG_DONTWAIT);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return true;
+    }
     if (n <= 0)
-        return -1;
-    size_t have = (size_t)n;
-    *len = have;
-    while (have < 4 || ctrl_request_missing(req, have) > 0) {
-        if (wait_readable(fd, CTRL_READ_TIMEOUT_MS) <= 0)
-            goto bad;
-        ssize_t m = recv(fd, req + have, CTRL_MAX_REQUEST - have, 0);
-        if (m <= 0)
-            goto bad;
-        have += (size_t)m;
-        *len = have;
-    }
-    if (ctrl_request_missing(req, have) < 0)
-        goto bad;
-    return 0;
-bad:
-    if (*passed_fd >= 0)
-        close(*passed_fd);
-    *passed_fd = -1;
-    return -1;
+        return false;
+    c->have += (size_t)n;
+    return true;
 }
 
-/* Serve one request; false when the control connection ends. *exit set on SHUTDOWN. */
-static bool serve_ctrl(struct server *s, int fd, uint8_t *req, bool *exit_now)
+/* A request that can never be valid (a length beyond the limits):
+ * BAD_PARAMETER, then the connection closes, since the rest is unread. */
+static void conn_refuse(struct ctrl_conn *c)
 {
-    size_t len = 0, resp_len = 0;
-    int passed;
-    uint8_t resp[CTRL_MAX_RESPONSE], *big = NULL;
-    if (read_request(fd, req, &len, &passed) < 0) {
-        if (len >= 4 && ctrl_request_missing(req, len) < 0) {
-            nv_put_be32(resp, TPM_CTRL_BAD_PARAMETER);
-            server_write_full(fd, resp, 4);
-        }
-        return false;
-    }
+    if (c->passed_fd >= 0)
+        close(c->passed_fd);
+    c->passed_fd = -1;
+    nv_put_be32(c->small, TPM_CTRL_BAD_PARAMETER);
+    c->out = c->small;
+    c->out_len = 4;
+    c->close_after = true;
+}
+
+static void conn_handle(struct server *s, struct ctrl_conn *c)
+{
     struct ctrl_env env = {.opaque = s,
                            .locality = &s->locality,
                            .reject_locality_4 = s->cfg->reject_locality_4,
@@ -482,23 +499,106 @@ static bool serve_ctrl(struct server *s, int fd, uint8_t *req, bool *exit_now)
                            .lock_storage = cb_lock_storage,
                            .savestate_read = cb_savestate_read,
                            .log = cb_log};
-    log_bytes(s, "control request", req, (uint32_t)len);
-    enum ctrl_action a = ctrl_handle(&env, req, len, passed, resp, &resp_len, &big);
-    log_bytes(s, "control response", big ? big : resp, (uint32_t)resp_len);
-    int w = server_write_full(fd, big ? big : resp, resp_len);
-    free(big);
-    *exit_now = a == CTRL_EXIT;
-    return w == 0 && !*exit_now;
+    size_t len = 0;
+    log_bytes(s, "control request", c->req, (uint32_t)c->have);
+    enum ctrl_action a = ctrl_handle(&env, c->req, c->have, c->passed_fd, c->small, &len, &c->big);
+    c->passed_fd = -1; /* the handler took it */
+    c->out = c->big ? c->big : c->small;
+    c->out_len = len;
+    c->exit_after = a == CTRL_EXIT;
+    c->have = 0;
+    /* the response's own time: handling (LOCK_STORAGE's retries) is not the client's */
+    c->deadline = now_ms() + CTRL_DEADLINE_MS;
+    log_bytes(s, "control response", c->out, (uint32_t)len);
+}
+
+/* Send what the socket takes of the response; false when the connection
+ * ends (an error, a refused request, SHUTDOWN). */
+static bool conn_send(struct ctrl_conn *c)
+{
+    while (c->out_len) {
+        ssize_t n = send(c->fd, c->out, c->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return true;
+        if (n <= 0)
+            return false;
+        c->out += n;
+        c->out_len -= (size_t)n;
+    }
+    free(c->big);
+    c->big = NULL;
+    c->deadline = 0;
+    return !c->close_after && !c->exit_after;
+}
+
+/* The control socket is ready (readable, or writable while a response is
+ * under way); false when the connection ends. */
+static bool conn_serve(struct server *s, struct ctrl_conn *c)
+{
+    if (c->out_len == 0) {
+        if (!conn_read(c))
+            return false;
+        if (c->have < 4)
+            return true;
+        long missing = ctrl_request_missing(c->req, c->have);
+        if (missing > 0)
+            return true;
+        if (missing < 0)
+            conn_refuse(c);
+        else
+            conn_handle(s, c);
+    }
+    return conn_send(c);
+}
+
+/* Whether the request or response under way is past its deadline: the
+ * connection is then dropped without an answer, as swtpm drops a request it
+ * did not receive whole in time (it allows 500 ms), with one line on the log. */
+static bool conn_expired(struct server *s, const struct ctrl_conn *c, int64_t now)
+{
+    if (c->fd < 0 || c->deadline == 0 || now < c->deadline)
+        return false;
+    char msg[160];
+    if (c->out_len)
+        snprintf(msg, sizeof(msg),
+                 "control client took no response within %d s (%zu bytes left); "
+                 "connection dropped",
+                 CTRL_DEADLINE_MS / 1000, c->out_len);
+    else
+        snprintf(msg, sizeof(msg),
+                 "control request not received whole within %d s (%zu bytes, command "
+                 "0x%02x); connection dropped",
+                 CTRL_DEADLINE_MS / 1000, c->have, c->have >= 4 ? nv_be32(c->req) : 0u);
+    cb_log(s, msg);
+    return true;
+}
+
+/* How long poll may wait for a deadline (0: none): -1 for ever. */
+static int deadline_wait(int64_t deadline, int64_t now)
+{
+    if (deadline == 0)
+        return -1;
+    return deadline <= now ? 0 : (int)(deadline - now);
 }
 
 /* ---- the MS simulator's platform port ------------------------------------------------ */
 
-static bool serve_platform(int fd)
+/* The platform connection: its 4-byte commands are taken as their bytes
+ * come, as a control request is, so a client that sends half of one holds up
+ * nothing; it is dropped at the control channel's deadline. */
+struct plat_conn {
+    int fd; /* -1: none */
+    uint8_t cmd[4];
+    size_t have;
+    int64_t deadline; /* CLOCK_MONOTONIC ms; 0: no command under way */
+};
+
+/* Run one command; false for the session's end. */
+static bool platform_command(uint32_t cmd)
 {
-    uint8_t cmd[4], zero[4] = {0};
-    if (server_read_full(fd, cmd, 4) < 0)
-        return false;
-    switch (nv_be32(cmd)) {
+    switch (cmd) {
     case 1: /* power on */
         if (!tpm_backend_running())
             tpm_backend_start(false);
@@ -514,7 +614,32 @@ static bool serve_platform(int fd)
     default: /* NV on/off, cancel off, locality, phys. presence: nothing to do */
         break;
     }
-    return server_write_full(fd, zero, 4) == 0;
+    return true;
+}
+
+/* The platform socket is readable; false when the connection ends. A reply
+ * (4 zero bytes) the socket cannot take at once ends it too: the client has
+ * left thousands of replies unread. */
+static bool plat_serve(struct plat_conn *p)
+{
+    static const uint8_t zero[4] = {0};
+    ssize_t n;
+    do {
+        n = recv(p->fd, p->cmd + p->have, sizeof(p->cmd) - p->have, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return true;
+    if (n <= 0)
+        return false;
+    if (p->have == 0)
+        p->deadline = now_ms() + CTRL_DEADLINE_MS;
+    p->have += (size_t)n;
+    if (p->have < sizeof(p->cmd))
+        return true;
+    p->have = 0;
+    p->deadline = 0;
+    return platform_command(nv_be32(p->cmd)) &&
+           send(p->fd, zero, sizeof(zero), MSG_DONTWAIT | MSG_NOSIGNAL) == sizeof(zero);
 }
 
 /* ---- the main loop ----------------------------------------------------------------------- */
@@ -523,6 +648,8 @@ enum { P_SIGNAL, P_WAKE, P_CTRL_LISTEN, P_CTRL, P_DATA_LISTEN, P_PLAT_LISTEN, P_
 
 struct loop {
     struct pollfd p[P_COUNT];
+    struct ctrl_conn ctrl; /* its fd is p[P_CTRL]'s */
+    struct plat_conn plat; /* its fd is p[P_PLAT]'s */
     bool done;
 };
 
@@ -530,6 +657,48 @@ static void set_fd(struct loop *l, int i, int fd)
 {
     l->p[i].fd = fd;
     l->p[i].events = POLLIN;
+}
+
+/* Take fd (or -1) as the control connection. */
+static void loop_set_ctrl(struct loop *l, int fd)
+{
+    conn_clear(&l->ctrl);
+    l->ctrl.fd = fd;
+    set_fd(l, P_CTRL, fd);
+}
+
+/* Close the control connection; SHUTDOWN and --ctrl ...,terminate then stop
+ * the process. */
+static void loop_end_ctrl(struct loop *l, const struct tpm_server_config *cfg)
+{
+    bool exit_now = l->ctrl.exit_after;
+    close(l->ctrl.fd);
+    loop_set_ctrl(l, -1);
+    if (exit_now || cfg->ctrl.terminate)
+        l->done = true;
+}
+
+static void loop_set_plat(struct loop *l, int fd)
+{
+    l->plat = (struct plat_conn){.fd = fd};
+    set_fd(l, P_PLAT, fd);
+}
+
+/* Drop a control or platform client whose request is past its deadline. */
+static void loop_expire(struct server *s, struct loop *l)
+{
+    int64_t now = now_ms();
+    if (conn_expired(s, &l->ctrl, now))
+        loop_end_ctrl(l, s->cfg);
+    if (l->plat.fd >= 0 && l->plat.deadline && now >= l->plat.deadline) {
+        char msg[96];
+        snprintf(msg, sizeof(msg),
+                 "platform command not received whole within %d s; connection dropped",
+                 CTRL_DEADLINE_MS / 1000);
+        cb_log(s, msg);
+        close(l->plat.fd);
+        loop_set_plat(l, -1);
+    }
 }
 
 static int accept_one(int listen_fd)
@@ -541,10 +710,9 @@ static int accept_one(int listen_fd)
     return fd;
 }
 
-static void handle_events(struct server *s, struct loop *l, uint8_t *req, int data_listen)
+static void handle_events(struct server *s, struct loop *l, int data_listen)
 {
     const struct tpm_server_config *cfg = s->cfg;
-    bool exit_now = false;
     if (l->p[P_SIGNAL].revents) {
         struct signalfd_siginfo si;
         if (read(l->p[P_SIGNAL].fd, &si, sizeof(si)) > 0)
@@ -555,27 +723,49 @@ static void handle_events(struct server *s, struct loop *l, uint8_t *req, int da
         if (read(s->wake[0], c, sizeof(c)) > 0 && cfg->terminate)
             l->done = true; /* --terminate: the data client left */
     }
-    if (l->p[P_CTRL_LISTEN].revents && l->p[P_CTRL].fd < 0)
-        set_fd(l, P_CTRL, accept_one(l->p[P_CTRL_LISTEN].fd));
-    if (l->p[P_CTRL].fd >= 0 && (l->p[P_CTRL].revents & (POLLIN | POLLHUP | POLLERR)) &&
-        !serve_ctrl(s, l->p[P_CTRL].fd, req, &exit_now)) {
-        close(l->p[P_CTRL].fd);
-        set_fd(l, P_CTRL, -1);
-        if (exit_now || cfg->ctrl.terminate)
-            l->done = true;
-    }
+    if (l->p[P_CTRL_LISTEN].revents && l->ctrl.fd < 0)
+        loop_set_ctrl(l, accept_one(l->p[P_CTRL_LISTEN].fd));
+    if (l->ctrl.fd >= 0 && (l->p[P_CTRL].revents & (POLLIN | POLLOUT | POLLHUP | POLLERR)) &&
+        !conn_serve(s, &l->ctrl))
+        loop_end_ctrl(l, cfg);
     if (l->p[P_DATA_LISTEN].revents && !data_busy(s)) {
         int fd = accept_one(data_listen);
         if (fd >= 0)
             give_data_fd(s, fd);
     }
-    if (l->p[P_PLAT_LISTEN].revents && l->p[P_PLAT].fd < 0)
-        set_fd(l, P_PLAT, accept_one(l->p[P_PLAT_LISTEN].fd));
-    if (l->p[P_PLAT].fd >= 0 && (l->p[P_PLAT].revents & (POLLIN | POLLHUP | POLLERR)) &&
-        !serve_platform(l->p[P_PLAT].fd)) {
-        close(l->p[P_PLAT].fd);
-        set_fd(l, P_PLAT, -1);
+    if (l->p[P_PLAT_LISTEN].revents && l->plat.fd < 0)
+        loop_set_plat(l, accept_one(l->p[P_PLAT_LISTEN].fd));
+    if (l->plat.fd >= 0 && (l->p[P_PLAT].revents & (POLLIN | POLLHUP | POLLERR)) &&
+        !plat_serve(&l->plat)) {
+        close(l->plat.fd);
+        loop_set_plat(l, -1);
     }
+}
+
+/* One round of the main loop: wait until a socket or a signal is ready, or
+ * a control or platform request's deadline passes, and serve what is. */
+static int loop_round(struct server *s, struct loop *l, struct nv_error *err)
+{
+    int data_listen = l->p[P_DATA_LISTEN].fd;
+    l->p[P_DATA_LISTEN].fd = data_busy(s) ? -1 : data_listen; /* one client at a time */
+    l->p[P_CTRL_LISTEN].fd =
+        l->p[P_CTRL].fd >= 0 ? -l->p[P_CTRL_LISTEN].fd - 2 : l->p[P_CTRL_LISTEN].fd;
+    l->p[P_CTRL].events = l->ctrl.out_len ? POLLOUT : POLLIN; /* a response under way */
+    int64_t now = now_ms();
+    int wait = deadline_wait(l->ctrl.deadline, now),
+        plat_wait = deadline_wait(l->plat.deadline, now);
+    if (plat_wait >= 0 && (wait < 0 || plat_wait < wait))
+        wait = plat_wait;
+    int n = poll(l->p, P_COUNT, wait);
+    l->p[P_DATA_LISTEN].fd = data_listen;
+    if (l->p[P_CTRL_LISTEN].fd < -1)
+        l->p[P_CTRL_LISTEN].fd = -l->p[P_CTRL_LISTEN].fd - 2;
+    if (n < 0 && errno != EINTR)
+        return nv_error_set(err, -errno, "server: poll: %s", strerror(errno));
+    if (n > 0)
+        handle_events(s, l, data_listen);
+    loop_expire(s, l);
+    return 0;
 }
 
 static int signal_fd(sigset_t *old)
@@ -608,7 +798,10 @@ static int open_sockets(struct server *s, struct loop *l, struct nv_error *err)
     int fd = server_open_channel(&cfg->ctrl, "control channel", false, &connected, err);
     if (cfg->ctrl.type != TPM_CHANNEL_NONE && fd < 0)
         return fd;
-    set_fd(l, connected ? P_CTRL : P_CTRL_LISTEN, fd);
+    if (connected)
+        loop_set_ctrl(l, fd);
+    else
+        set_fd(l, P_CTRL_LISTEN, fd);
     fd = server_open_channel(&cfg->data, "data channel", true, &connected, err);
     if (cfg->data.type != TPM_CHANNEL_NONE && fd < 0)
         return fd;
@@ -656,6 +849,8 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     }
     pthread_mutex_init(&s.lock, NULL);
     pthread_cond_init(&s.cond, NULL);
+    l.ctrl.fd = l.ctrl.passed_fd = l.plat.fd = -1;
+    l.ctrl.req = req;
     int r = open_sockets(&s, &l, err);
     if (r == 0 && cfg->ready)
         r = cfg->ready(cfg->ready_opaque, err);
@@ -663,20 +858,8 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     set_fd(&l, P_WAKE, s.wake[0]);
     if (r == 0 && pthread_create(&thread, NULL, tpm_thread, &s) != 0)
         r = nv_error_set(err, -EAGAIN, "server: cannot start the TPM thread");
-    while (r == 0 && !l.done) {
-        int data_listen = l.p[P_DATA_LISTEN].fd;
-        l.p[P_DATA_LISTEN].fd = data_busy(&s) ? -1 : data_listen; /* one client at a time */
-        l.p[P_CTRL_LISTEN].fd =
-            l.p[P_CTRL].fd >= 0 ? -l.p[P_CTRL_LISTEN].fd - 2 : l.p[P_CTRL_LISTEN].fd;
-        int n = poll(l.p, P_COUNT, -1);
-        l.p[P_DATA_LISTEN].fd = data_listen;
-        if (l.p[P_CTRL_LISTEN].fd < -1)
-            l.p[P_CTRL_LISTEN].fd = -l.p[P_CTRL_LISTEN].fd - 2;
-        if (n < 0 && errno != EINTR)
-            r = nv_error_set(err, -errno, "server: poll: %s", strerror(errno));
-        else if (n > 0)
-            handle_events(&s, &l, req, data_listen);
-    }
+    while (r == 0 && !l.done)
+        r = loop_round(&s, &l, err);
     if (r == 0 || l.done) {
         pthread_mutex_lock(&s.lock);
         s.stopping = true;
@@ -687,6 +870,7 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     }
     tpm_backend_stop(stores_at_stop(cfg)); /* orderly: the automatic TPM2_Shutdown */
     close_sockets(&l, cfg);
+    conn_clear(&l.ctrl);
     if (l.p[P_SIGNAL].fd >= 0)
         close(l.p[P_SIGNAL].fd);
     close(s.wake[0]);

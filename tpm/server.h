@@ -12,8 +12,7 @@
 int server_open_channel(const struct tpm_channel_config *c, const char *what, bool is_data,
                         bool *connected, struct nv_error *err);
 
-/* Read or write exactly len bytes on a socket; -1 on EOF or error. */
-int server_read_full(int fd, void *buf, size_t len);
+/* Write exactly len bytes on a socket; -1 on error. */
 int server_write_full(int fd, const void *buf, size_t len);
 
 #endif

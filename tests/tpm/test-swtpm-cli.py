@@ -251,6 +251,10 @@ def dgram(kind, d):
     rnd = data_ours.recv(4096)[6:10].hex()
     ctrl_ours.send(bytes.fromhex('00000003'))  # SHUTDOWN
     down = ctrl_ours.recv(64).hex()
+    try:  # SHUTDOWN ends the process: a SIGTERM sent while swtpm exits kills it (-15)
+        p.wait(20)
+    except subprocess.TimeoutExpired:
+        pass
     code = stop(p)
     return caps, setfd, rnd, down, code
 
