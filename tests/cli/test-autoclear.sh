@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test-autoclear.sh - extensions nvtpm does not use, with QEMU's persistent
-# bitmaps as the example: a refused open (socket, export, key) leaves the image
+# bitmaps as the example: a refused open (socket, export, key, encrypt) leaves the image
 # byte for byte as it was, the bitmaps' autoclear bit set and qemu-img content;
 # `nvtpm check` counts the bitmaps' clusters as qemu-img check does (and
 # --repair keeps them); a start that writes clears the bit first, as the qcow2
@@ -76,6 +76,10 @@ bitmap_intact "refused start (5)" "$T/enc.qcow2" "$s"
 expect_exit 5 "key add with a wrong key: wrong key (5)" -- \
     "$NVTPM" key add "$T/enc.qcow2" --key "pwdfile=$T/wrong" --new-key "pwdfile=$T/pw"
 bitmap_intact "refused key add (5)" "$T/enc.qcow2" "$s"
+expect_exit 1 "key remove of the last key slot: refused (1)" -- "$NVTPM" key remove "$T/enc.qcow2" --key "pwdfile=$T/pw"
+bitmap_intact "refused key remove" "$T/enc.qcow2" "$s"
+expect_exit 1 "encrypt of an encrypted image: refused (1)" -- "$NVTPM" encrypt "$T/enc.qcow2" --new-key "pwdfile=$T/pw"
+bitmap_intact "refused encrypt" "$T/enc.qcow2" "$s"
 expect_exit 5 "export with a wrong key: wrong key (5)" -- \
     "$NVTPM" export "$T/enc.qcow2" --to-dir "$T/exp-enc" --key "pwdfile=$T/wrong"
 bitmap_intact "refused export (5)" "$T/enc.qcow2" "$s"
