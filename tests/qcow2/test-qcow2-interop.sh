@@ -173,6 +173,12 @@ expect_exit 0 "bitmaps: check -r frees them" -- "$IO" -c 'check -r' "$BM"
 clean "$BM" && pass "bitmaps: clean afterwards" || fail "bitmaps: clean afterwards" "$(cat "$T/check.out")"
 qio -r -c 'read -P 0x21 0 1M' -c 'read -P 0x22 1M 4k' "$BM" && pass "bitmaps: the data reads back" \
     || fail "bitmaps: the data reads back" "$(cat "$T/qio.out")"
+cp "$T/bitmap-rw.qcow2" "$T/bitmap-eio.qcow2"
+before=$(md5sum <"$T/bitmap-eio.qcow2")
+expect_exit 1 "bitmaps: a write whose header update fails fails" -- \
+    "$IO" -c 'write -P 0x22 1M 4k' "faults:write=1:EIO:$T/bitmap-eio.qcow2"
+[ "$(md5sum <"$T/bitmap-eio.qcow2")" = "$before" ] && pass "bitmaps: and writes nothing, the bit still set" \
+    || fail "bitmaps: and writes nothing, the bit still set" "autoclear $(autoclear "$T/bitmap-eio.qcow2")"
 expect_exit 0 "bitmaps: a resize" -- "$IO" -c 'truncate 8M' "$T/bitmap-rw.qcow2"
 [ "$(autoclear "$T/bitmap-rw.qcow2")" = 0 ] && pass "bitmaps: the resize cleared the autoclear bit first" \
     || fail "bitmaps: the resize cleared the autoclear bit first" "autoclear $(autoclear "$T/bitmap-rw.qcow2")"
