@@ -166,7 +166,8 @@ static int walk_bitmap_table(struct check *c, uint64_t offset, uint32_t entries,
             break;
         for (uint64_t i = 0; i < n / 8; i++) {
             uint64_t e = entry_at(t, i), data = e & QCOW2_OFFSET_MASK;
-            if ((e & BITMAP_TABLE_RESERVED) || (data && (e & 1)) || (data & (s->cluster_size - 1)))
+            if ((e & BITMAP_TABLE_RESERVED) || (data && (e & 1)) ||
+                (data & (s->cluster_size - 1)) || (data && !in_file(c, data, s->cluster_size)))
                 bitmap_problem(c, "a bitmap table entry", offset + done + 8 * i);
             else if (data)
                 reference(c, data, s->cluster_size, "bitmap data cluster");

@@ -59,6 +59,7 @@ cases = {
     'entry-overruns-dir': [(doff + 18, 'H', 0xffff)],
     'table-past-eof': [(doff, 'Q', 1 << 40)],
     'table-entry-reserved': [(toff, 'Q', struct.unpack_from('>Q', base, toff)[0] | 2)],
+    'data-past-eof': [(toff, 'Q', 1 << 40)],
 }
 for name, edits in cases.items():
     img = bytearray(base)
@@ -69,7 +70,7 @@ PY
 for name in ext-length:"bitmaps header extension" dir-unaligned:"bitmaps header extension" \
     dir-past-eof:"bitmaps header extension" one-bitmap-too-many:"bitmap directory entry" \
     entry-overruns-dir:"bitmap directory entry" table-past-eof:"bitmap table" \
-    table-entry-reserved:"bitmap table entry"; do
+    table-entry-reserved:"bitmap table entry" data-past-eof:"bitmap table entry"; do
     img=$T/bitmap-${name%%:*}.qcow2
     before=$(md5sum <"$img")
     expect_exit 1 "bitmaps, ${name%%:*}: check finds corruption" -- "$IO" -r -c check "$img"
