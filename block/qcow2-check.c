@@ -17,6 +17,9 @@ struct check {
     struct bdrv_check_result *res;
     uint32_t *expected; /* references per host cluster */
     uint64_t nclusters;
+    uint64_t file_len;
+    bool bitmaps_unknown;        /* the bitmaps' clusters could not all be found */
+    uint64_t bitmap_table_bytes; /* read so far: distinct tables fit in the file */
 };
 
 static void problem(struct check *c, bool leak, const char *fmt, ...)
@@ -120,6 +123,124 @@ static int walk_snapshots(struct check *c, struct nv_error *err)
     return 0;
 }
 
+/* ---- bitmaps (the bitmaps header extension) ---- */
+
+#define BITMAP_ENTRY_FIXED    24
+#define BITMAP_DIR_MAX        (64u << 20)
+#define BITMAP_TABLE_RESERVED 0xff000000000001feull
+
+/* A bitmap structure nvtpm cannot follow: its clusters are unknown, so no
+ * leak may be repaired (it could be one of them). */
+static void bitmap_problem(struct check *c, const char *what, uint64_t offset)
+{
+    c->bitmaps_unknown = true;
+    problem(c, false, "%s at offset %llu is malformed", what, (unsigned long long)offset);
+}
+
+static bool in_file(struct check *c, uint64_t offset, uint64_t length)
+{
+    uint64_t end;
+    return !nv_add_overflow_u64(offset, length, &end) && end <= c->file_len;
+}
+
+/* One bitmap table: itself and the data clusters its entries point at. */
+static int walk_bitmap_table(struct check *c, uint64_t offset, uint32_t entries,
+                             struct nv_error *err)
+{
+    struct qcow2_state *s = c->bs->opaque;
+    uint64_t bytes = (uint64_t)entries * 8;
+    c->bitmap_table_bytes += bytes; /* tables sharing bytes cannot make this quadratic */
+    if ((offset & (s->cluster_size - 1)) || !offset || !in_file(c, offset, bytes) ||
+        c->bitmap_table_bytes > c->file_len) {
+        bitmap_problem(c, "the bitmap table", offset);
+        return 0;
+    }
+    reference(c, offset, bytes, "bitmap table");
+    uint8_t *t = malloc(s->cluster_size);
+    if (!t)
+        return nv_error_set(err, -ENOMEM, "out of memory");
+    int r = 0;
+    for (uint64_t done = 0; done < bytes && r == 0; done += s->cluster_size) {
+        uint64_t n = bytes - done < s->cluster_size ? bytes - done : s->cluster_size;
+        if ((r = bdrv_pread(s->file, offset + done, t, n, err)) < 0)
+            break;
+        for (uint64_t i = 0; i < n / 8; i++) {
+            uint64_t e = entry_at(t, i), data = e & QCOW2_OFFSET_MASK;
+            if ((e & BITMAP_TABLE_RESERVED) || (data && (e & 1)) ||
+                (data & (s->cluster_size - 1)) || (data && !in_file(c, data, s->cluster_size)))
+                bitmap_problem(c, "a bitmap table entry", offset + done + 8 * i);
+            else if (data)
+                reference(c, data, s->cluster_size, "bitmap data cluster");
+        }
+    }
+    free(t);
+    return r;
+}
+
+/* The length of the directory entry at e, or 0 when it overruns the avail
+ * bytes left of the directory. */
+static uint64_t bitmap_entry_len(const uint8_t *e, uint64_t avail)
+{
+    if (avail < BITMAP_ENTRY_FIXED)
+        return 0;
+    uint64_t extra = nv_be32(e + 20), name = nv_be16(e + 18);
+    uint64_t len = qcow2_round_up(BITMAP_ENTRY_FIXED + extra + name, 8);
+    return len <= avail ? len : 0;
+}
+
+/* The directory's entries, nb of them filling it exactly. */
+static int walk_bitmap_dir(struct check *c, const uint8_t *dir, uint64_t size, uint32_t nb,
+                           uint64_t dir_offset, struct nv_error *err)
+{
+    uint64_t pos = 0;
+    for (uint32_t i = 0; i < nb; i++) {
+        uint64_t len = bitmap_entry_len(dir + pos, size - pos);
+        if (!len) {
+            bitmap_problem(c, "the bitmap directory entry", dir_offset + pos);
+            return 0;
+        }
+        int r = walk_bitmap_table(c, nv_be64(dir + pos), nv_be32(dir + pos + 8), err);
+        if (r < 0)
+            return r;
+        pos += len;
+    }
+    if (pos != size)
+        bitmap_problem(c, "the bitmap directory (its size disagrees with its entries)", dir_offset);
+    return 0;
+}
+
+/* The bitmaps extension counts only while its autoclear bit says it is
+ * consistent; with the bit clear (a program that does not know bitmaps wrote
+ * the image) it is stale and its clusters are leaks, as qemu-img check says. */
+static int walk_bitmaps(struct check *c, struct nv_error *err)
+{
+    struct qcow2_state *s = c->bs->opaque;
+    if (!s->bitmaps_ext || !(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+        return 0;
+    uint8_t ext[24] = {0};
+    int r =
+        s->bitmaps_ext_len == sizeof(ext) ? bdrv_pread(s->file, s->bitmaps_ext, ext, 24, err) : 0;
+    if (r < 0)
+        return r;
+    uint32_t nb = nv_be32(ext);
+    uint64_t size = nv_be64(ext + 8), offset = nv_be64(ext + 16);
+    if (s->bitmaps_ext_len != sizeof(ext) || nb == 0 || nv_be32(ext + 4) || size == 0 ||
+        size > BITMAP_DIR_MAX || !offset || (offset & (s->cluster_size - 1)) ||
+        !in_file(c, offset, size)) {
+        bitmap_problem(c, "the bitmaps header extension", s->bitmaps_ext - 8);
+        return 0;
+    }
+    reference(c, offset, size, "bitmap directory");
+    uint8_t *dir = malloc(size);
+    if (!dir)
+        return nv_error_set(err, -ENOMEM, "out of memory");
+    r = bdrv_pread(s->file, offset, dir, size, err);
+    if (r == 0)
+        r = walk_bitmap_dir(c, dir, size, nb, offset, err);
+    free(dir);
+    return r;
+}
+
 /* COPIED must be set exactly when the refcount is 1 (active tables only). */
 static int check_copied(struct check *c, struct nv_error *err)
 {
@@ -161,7 +282,8 @@ static int compare_cluster(struct check *c, uint64_t cl, bool repair, struct nv_
     int r = qcow2_get_refcount(c->bs, cl, &rc, err);
     if (r < 0)
         return r;
-    if (want)
+    /* as qemu-img: a leaked cluster inside the file still counts */
+    if (want || (rc && cl < c->nclusters))
         c->res->image_end = (cl + 1) << s->cluster_bits;
     if (rc < want) {
         problem(c, false, "cluster %llu has refcount %llu but %llu references",
@@ -170,7 +292,10 @@ static int compare_cluster(struct check *c, uint64_t cl, bool repair, struct nv_
         problem(c, true, "cluster %llu is leaked (refcount %llu, %llu references)",
                 (unsigned long long)cl, (unsigned long long)rc, (unsigned long long)want);
         if (repair) {
-            if ((r = qcow2_set_refcount(c->bs, cl, want, err)) < 0)
+            /* Only unreferenced clusters change, the bitmaps' included in the
+             * count: they stay consistent, so their bit stays. */
+            if ((r = qcow2_clear_autoclear(c->bs, QCOW2_AUTOCLEAR_BITMAPS, err)) < 0 ||
+                (r = qcow2_set_refcount(c->bs, cl, want, err)) < 0)
                 return r;
             c->res->leaks_fixed++;
         }
@@ -229,6 +354,7 @@ int qcow2_check(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair
         return (int)file_len;
     struct check c = {.bs = bs,
                       .res = res,
+                      .file_len = (uint64_t)file_len,
                       .nclusters =
                           qcow2_round_up((uint64_t)file_len, s->cluster_size) >> s->cluster_bits};
     if (c.nclusters > (1ull << 32) || !(c.expected = calloc(c.nclusters + 1, 4)))
@@ -244,7 +370,9 @@ int qcow2_check(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair
     if (r == 0)
         r = walk_snapshots(&c, err);
     if (r == 0)
-        r = compare(&c, repair_leaks, err);
+        r = walk_bitmaps(&c, err);
+    if (r == 0)
+        r = compare(&c, repair_leaks && !c.bitmaps_unknown, err);
     if (r == 0)
         r = check_copied(&c, err);
     if (r == 0 && repair_leaks && res->leaks_fixed) {

@@ -181,8 +181,9 @@ static int parse_header(struct bdrv_node *bs, uint64_t file_len, struct nv_error
     return 0;
 }
 
-/* Header extensions: bounds-checked, the backing format remembered, the rest
- * (unknown ones included) left untouched on disk. */
+/* Header extensions: bounds-checked, the backing format and where the bitmaps
+ * extension lies remembered, all of them (unknown ones included) left
+ * untouched on disk. */
 static int parse_extensions(struct bdrv_node *bs, uint64_t file_len, char *backing_fmt,
                             size_t fmt_size, struct nv_error *err)
 {
@@ -209,6 +210,9 @@ static int parse_extensions(struct bdrv_node *bs, uint64_t file_len, char *backi
             if ((r = bdrv_pread(s->file, pos + 8, backing_fmt, len, err)) < 0)
                 return r;
             backing_fmt[len] = '\0';
+        } else if (type == QCOW2_EXT_BITMAPS) { /* checked by qcow2_check */
+            s->bitmaps_ext = pos + 8;
+            s->bitmaps_ext_len = len;
         }
         pos += 8 + qcow2_round_up(len, 8);
     }
@@ -414,8 +418,9 @@ static unsigned cache_count(uint64_t budget, uint64_t cluster_size, unsigned max
     return n < 4 ? 4 : n > max ? max : (unsigned)n;
 }
 
-/* Read-write opens refuse what nvtpm must not write, and clear the
- * autoclear bits of extensions it does not maintain (as the spec asks). */
+/* Read-write opens refuse what nvtpm must not write. They write nothing:
+ * the caller may still refuse the open (a wrong key, a busy image), and a
+ * refused open must leave the image as it was. */
 static int prepare_for_writing(struct bdrv_node *bs, struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
@@ -429,11 +434,22 @@ static int prepare_for_writing(struct bdrv_node *bs, struct nv_error *err)
                             "%s: the image is marked dirty (its refcounts may be "
                             "stale); repair it with 'qemu-img check -r all' first",
                             bs->filename);
-    if (!s->autoclear)
+    return 0;
+}
+
+int qcow2_clear_autoclear(struct bdrv_node *bs, uint64_t keep, struct nv_error *err)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint64_t was = s->autoclear;
+    if (!(was & ~keep))
         return 0;
-    s->autoclear = 0;
+    s->autoclear = was & keep;
     int r = qcow2_write_header_fields(bs, false, err);
-    return r < 0 ? r : qcow2_sync(bs, err);
+    if (r == 0)
+        r = qcow2_sync(bs, err); /* on disk before the change it announces */
+    if (r < 0)
+        s->autoclear = was; /* the next change tries again */
+    return r;
 }
 
 static int qcow2_open(struct bdrv_node *bs, const char *spec, struct nv_error *err)
@@ -556,6 +572,8 @@ static int qcow2_pwrite(struct bdrv_node *bs, uint64_t offset, const void *buf, 
                         struct nv_error *err)
 {
     int r = check_request(bs, "write", offset, len, err);
+    if (r == 0)
+        r = qcow2_clear_autoclear(bs, 0, err);
     return r < 0 ? r : after_write(bs, qcow2_write(bs, offset, buf, len, err), err);
 }
 
@@ -563,6 +581,8 @@ static int qcow2_pwrite_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t l
                                struct nv_error *err)
 {
     int r = check_request(bs, "write", offset, len, err);
+    if (r == 0)
+        r = qcow2_clear_autoclear(bs, 0, err);
     return r < 0 ? r : after_write(bs, qcow2_write_zeroes(bs, offset, len, err), err);
 }
 
@@ -619,7 +639,10 @@ int qcow2_resize(struct bdrv_node *bs, uint64_t new_size, struct nv_error *err)
         return nv_error_set(err, -EFBIG, "%s: %llu bytes is too large", bs->filename,
                             (unsigned long long)new_size);
     uint32_t needed = (uint32_t)((new_size + per_l2 - 1) / per_l2);
-    int r = needed > s->l1_size ? grow_l1(bs, needed, err) : 0;
+    /* a bitmap covers the whole virtual disk: a new size makes it stale */
+    int r = new_size == s->virtual_size ? 0 : qcow2_clear_autoclear(bs, 0, err);
+    if (r == 0 && needed > s->l1_size)
+        r = grow_l1(bs, needed, err);
     if (r < 0)
         return r;
     s->virtual_size = new_size;

@@ -28,9 +28,13 @@
 #define QCOW2_INCOMPAT_KNOWN                                                                       \
     (QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_COMPRESSION)
 
+/* Autoclear bits: an extension is consistent only while its bit is set. */
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+
 #define QCOW2_EXT_END            0x00000000u
 #define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
 #define QCOW2_EXT_DATA_FILE      0x44415441u
+#define QCOW2_EXT_BITMAPS        0x23852875u
 
 /* L1, L2 and reftable entries. */
 #define QCOW2_OFLAG_COPIED     (1ull << 63)
@@ -92,6 +96,10 @@ struct qcow2_state {
     uint8_t compression_type; /* 0 zlib, 1 zstd */
     uint64_t backing_file_offset;
     uint32_t backing_file_size;
+    /* The bitmaps extension (nvtpm keeps it, and counts its clusters while
+     * its autoclear bit says it is consistent); bitmaps_ext = 0: none. */
+    uint64_t bitmaps_ext; /* file offset of its data */
+    uint32_t bitmaps_ext_len;
 
     unsigned refcount_order;
     uint64_t refcount_max;
@@ -193,6 +201,11 @@ int qcow2_check(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair
 int qcow2_create(const char *path, const struct bdrv_create_opts *opts, struct nv_error *err);
 
 /* qcow2.c */
+/* Before the first change of the image: clear the autoclear bits not in keep
+ * (the spec lets a program write only once the bits of extensions it does not
+ * keep consistent are clear), on disk and synced before the change. Open
+ * writes nothing, so a refused open leaves the image untouched. */
+int qcow2_clear_autoclear(struct bdrv_node *bs, uint64_t keep, struct nv_error *err);
 int qcow2_resize(struct bdrv_node *bs, uint64_t new_size, struct nv_error *err);
 
 #endif

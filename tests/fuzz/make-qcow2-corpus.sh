@@ -23,6 +23,9 @@ qemu-io -c 'write -P 0x66 0 1k' "$tmp/snapshot.qcow2" >/dev/null
 for c in zlib zstd; do
     qemu-img convert -c -O qcow2 -o "cluster_size=512,compression_type=$c" "$tmp/v3-data.qcow2" "$tmp/compressed-$c.qcow2"
 done
+mk compat=1.1 bitmap.qcow2
+qemu-img bitmap --add "$tmp/bitmap.qcow2" b0
+qemu-io -c 'write -P 0x77 0 4k' "$tmp/bitmap.qcow2" >/dev/null # a bitmap data cluster
 rm -rf "$out"
 mkdir -p "$out"
 cp "$tmp"/*.qcow2 "$out/"

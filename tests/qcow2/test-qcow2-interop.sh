@@ -9,7 +9,7 @@ set -u
 . "$(dirname "$0")/../lib.sh"
 TOOLS=$1
 IO=$TOOLS/nvtpm-io
-require qemu-img qemu-io md5sum
+require qemu-img qemu-io md5sum python3
 T=$TEST_TMP
 
 qio() { qemu-io "$@" >"$T/qio.out" 2>&1 && ! grep -q "failed\|verification" "$T/qio.out"; }
@@ -144,6 +144,44 @@ timeout 60 "$IO" -c 'truncate 600M' "$G" >"$T/out" 2>"$T/err"; rc=$?
 clean "$G" && pass "and leaves the image clean" || fail "and leaves the image clean" "$(cat "$T/check.out")"
 expect_exit 0 "a resize that fits works (512-byte clusters, 100M)" -- "$IO" -c 'truncate 100M' -c 'write -P 1 99M 4k' "$G"
 clean "$G" && pass "clean after it" || fail "clean after it" "$(cat "$T/check.out")"
+
+# --- extensions nvtpm does not use: persistent bitmaps ------------------------------------
+# autoclear IMG: the header's autoclear_features
+autoclear() { python3 -c 'import sys; print(int.from_bytes(open(sys.argv[1],"rb").read(96)[88:96],"big"))' "$1"; }
+bitmap_listed() { qemu-img info "$1" >"$T/info" 2>&1 && grep -q "name: b0" "$T/info" && ! grep -q "lacking bitmap" "$T/info"; }
+BM=$T/bitmap.qcow2
+qemu-img create -q -f qcow2 "$BM" 4M && qemu-img bitmap --add "$BM" b0
+qio -c 'write -P 0x21 0 1M' "$BM" # sets bits: the bitmap gets a data cluster
+before=$(md5sum <"$BM")
+expect_exit 0 "bitmaps: an owning open that only reads" -- "$IO" -c 'read -P 0x21 0 1M' "$BM"
+[ "$(md5sum <"$BM")" = "$before" ] && pass "bitmaps: it writes nothing (the autoclear bit too)" \
+    || fail "bitmaps: it writes nothing (the autoclear bit too)" "autoclear $(autoclear "$BM")"
+expect_exit 0 "bitmaps: check counts the directory, table and data cluster (no leaks)" -- "$IO" -r -c check "$BM"
+expect_exit 0 "bitmaps: check -r finds nothing to repair" -- "$IO" -c 'check -r' "$BM"
+[ "$(md5sum <"$BM")" = "$before" ] && bitmap_listed "$BM" && pass "bitmaps: check -r keeps them" \
+    || fail "bitmaps: check -r keeps them" "$(cat "$T/info")"
+cp "$BM" "$T/bitmap-rw.qcow2"
+expect_exit 0 "bitmaps: a write" -- "$IO" -c 'write -P 0x22 1M 4k' "$BM"
+[ "$(autoclear "$BM")" = 0 ] && pass "bitmaps: the write cleared the autoclear bit first" \
+    || fail "bitmaps: the write cleared the autoclear bit first" "autoclear $(autoclear "$BM")"
+qemu-img check "$BM" >"$T/check.out" 2>&1; q=$?
+[ $q = 3 ] && grep -q "3 leaked clusters" "$T/check.out" && pass "bitmaps: qemu-img now sees the stale bitmap's clusters as leaks, no corruption" \
+    || fail "bitmaps: qemu-img now sees the stale bitmap's clusters as leaks, no corruption" "exit $q: $(cat "$T/check.out")"
+"$IO" -r -c check "$BM" >"$T/out" 2>&1
+grep -q "0 corruptions, 3 leaks" "$T/out" && pass "bitmaps: so does nvtpm's check" || fail "bitmaps: so does nvtpm's check" "$(cat "$T/out")"
+expect_exit 0 "bitmaps: check -r frees them" -- "$IO" -c 'check -r' "$BM"
+clean "$BM" && pass "bitmaps: clean afterwards" || fail "bitmaps: clean afterwards" "$(cat "$T/check.out")"
+qio -r -c 'read -P 0x21 0 1M' -c 'read -P 0x22 1M 4k' "$BM" && pass "bitmaps: the data reads back" \
+    || fail "bitmaps: the data reads back" "$(cat "$T/qio.out")"
+cp "$T/bitmap-rw.qcow2" "$T/bitmap-eio.qcow2"
+before=$(md5sum <"$T/bitmap-eio.qcow2")
+expect_exit 1 "bitmaps: a write whose header update fails fails" -- \
+    "$IO" -c 'write -P 0x22 1M 4k' "faults:write=1:EIO:$T/bitmap-eio.qcow2"
+[ "$(md5sum <"$T/bitmap-eio.qcow2")" = "$before" ] && pass "bitmaps: and writes nothing, the bit still set" \
+    || fail "bitmaps: and writes nothing, the bit still set" "autoclear $(autoclear "$T/bitmap-eio.qcow2")"
+expect_exit 0 "bitmaps: a resize" -- "$IO" -c 'truncate 8M' "$T/bitmap-rw.qcow2"
+[ "$(autoclear "$T/bitmap-rw.qcow2")" = 0 ] && pass "bitmaps: the resize cleared the autoclear bit first" \
+    || fail "bitmaps: the resize cleared the autoclear bit first" "autoclear $(autoclear "$T/bitmap-rw.qcow2")"
 
 # --- refusals, the file untouched ---------------------------------------------------------
 refused() { # NAME PATTERN IMG [nvtpm-io options]
