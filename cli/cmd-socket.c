@@ -42,6 +42,8 @@ struct socket_opts {
     const char *log_file;
     int log_fd;
     unsigned log_level;
+    const char *log_prefix; /* before every line on the log, nvtpm's and libtpms' */
+    bool log_truncate;      /* the log file emptied at start, else appended to */
     char state_buf[4096];
     char *copies[32]; /* option values are parsed in copies: argv stays as typed */
     int ncopies;
@@ -314,7 +316,9 @@ static int parse_pid_or_log(const char *opt, char *text, struct socket_opts *o)
         else if (strcmp(k, "level") == 0 && !(r = parse_uint(opt, &kv[i], 100, &v)))
             o->log_level = (unsigned)v;
         else if (strcmp(k, "prefix") == 0 && !(r = need_value(opt, &kv[i])))
-            o->backend.debug_prefix = kv[i].value;
+            o->log_prefix = o->backend.debug_prefix = kv[i].value;
+        else if (strcmp(k, "truncate") == 0)
+            o->log_truncate = true;
     }
     return r;
 }
@@ -338,7 +342,8 @@ static const char socket_usage[] =
     "                    --ctrl type=tcp,port=P[,bindaddr=A] | type=unixio,path=P|fd=N|clientfd=N\n"
     "                           [,mode=M][,uid=U][,gid=G][,terminate]\n"
     "                    [--key KEY] [--migration-key KEY] [--pid file=F|fd=N]\n"
-    "                    [--log file=F|fd=N[,level=N]] [--flags not-need-init,startup-clear|\n"
+    "                    [--log file=F|fd=N[,level=N][,prefix=P][,truncate]]\n"
+    "                    [--flags not-need-init,startup-clear|\n"
     "                     startup-state|startup-deactivated|startup-none,disable-auto-shutdown]\n"
     "                    [--locality reject-locality-4[,allow-set-locality]]\n"
     "                    [--migration incoming,release-lock-outgoing] [--platform port=P]\n"
@@ -364,7 +369,9 @@ static const char socket_usage[] =
     "  --platform   the MS simulator's platform port, for tpm2-tss's mssim TCTI\n"
     "  --no-sync    commits skip fdatasync (faster; an acknowledged write can be lost)\n"
     "  --log        level>=5 logs every command and response, and libtpms' debug output\n"
-    "               at its level N-4 (as swtpm)\n"
+    "               at its level N-4 (as swtpm); prefix=P before every line; truncate:\n"
+    "               the file emptied first, else appended to\n"
+    "  --pid, --log file=  never opened through a symbolic link (exit 1, as swtpm)\n"
     "  --migration  incoming: start even while another process (the source) owns the\n"
     "               image; SET_STATEBLOB or INIT takes it. release-lock-outgoing: give it up\n"
     "               once the savestate blob is read; LOCK_STORAGE takes it back\n"
@@ -507,16 +514,28 @@ static struct nvram_storage *open_state(struct socket_opts *o, int *code)
 
 /* ---- once the sockets exist: daemon, pid file, user ------------------------------------- */
 
-/* The pid file; its path is kept (for fd=, what the descriptor names), so
- * that the process removes it when it ends, as swtpm does. */
-static int write_pid(struct socket_opts *o, struct nv_error *err)
+/* The pid file, opened before --daemon detaches so that its caller still
+ * sees a refusal. As swtpm opens it: never through a symbolic link (one
+ * planted in a world-writable folder would have a root-run server overwrite
+ * the link's target: ELOOP, exit 1), and a stale file of an earlier run is
+ * overwritten. Returns an exit code; the message is printed. */
+static int open_pid(struct socket_opts *o, int *fd)
+{
+    *fd = o->pid_fd;
+    if (o->pid_fd < 0)
+        *fd = open(o->pid_file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (*fd < 0)
+        return cli_fail(CLI_EXIT_USAGE, "--pid: %s: %s", o->pid_file, strerror(errno));
+    return 0;
+}
+
+/* Write the pid into fd (open_pid's) and close it; the path is kept (for
+ * fd=, what the descriptor names), so that the process removes the file when
+ * it ends, as swtpm does. */
+static int write_pid(struct socket_opts *o, int fd, struct nv_error *err)
 {
     char text[32], link[64];
     int n = snprintf(text, sizeof(text), "%d", (int)getpid());
-    int fd = o->pid_fd >= 0 ? o->pid_fd
-                            : open(o->pid_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return nv_error_set(err, -errno, "--pid: %s: %s", o->pid_file, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) { /* never a device's name */
         o->pid_dev = st.st_dev;
@@ -552,7 +571,7 @@ static int start_tpm(struct socket_opts *o)
     if (import && (code = cli_dir_import(o->state_dir, o->state_path, o->tpm_version,
                                          o->have_key ? &o->key : NULL, mode,
                                          o->dir_state == CLI_DIR_SWTPM_NEWER ? &o->dir_files : NULL,
-                                         o->log_fd)) != 0)
+                                         o->log_fd, o->log_prefix)) != 0)
         return code;
     if (import)
         give_to_runas(o, -1, o->state_path);
@@ -582,11 +601,17 @@ static int start_tpm(struct socket_opts *o)
 static int ready(void *opaque, struct nv_error *err)
 {
     struct socket_opts *o = opaque;
+    int pid_fd = -1;
     if ((o->start_code = start_tpm(o)) != 0)
         return nv_error_set(err, -ECANCELED, "the TPM did not start");
-    if (o->daemon && daemon(1, 0) < 0) /* the child keeps every descriptor, locks included */
+    if ((o->pid_file || o->pid_fd >= 0) && (o->start_code = open_pid(o, &pid_fd)) != 0)
+        return nv_error_set(err, -ECANCELED, "the pid file cannot be written");
+    if (o->daemon && daemon(1, 0) < 0) { /* the child keeps every descriptor, locks included */
+        if (pid_fd >= 0)
+            close(pid_fd);
         return nv_error_set(err, -errno, "--daemon: %s", strerror(errno));
-    if ((o->pid_file || o->pid_fd >= 0) && write_pid(o, err) < 0)
+    }
+    if (pid_fd >= 0 && write_pid(o, pid_fd, err) < 0)
         return err->code;
     if (o->runas) {
         struct passwd *pw = getpwnam(o->runas);
@@ -765,17 +790,23 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
     return r;
 }
 
+/* --log file=, opened as swtpm opens it: never through a symbolic link (a
+ * link planted where a root-run server logs would have it overwrite the
+ * link's target: ELOOP, exit 1), mode 0600 (level 5 and above log every
+ * command and response), appended to, or emptied first with truncate. A
+ * file made here goes to --runas's user. */
 static int open_log(struct socket_opts *o)
 {
+    int flags = O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC | (o->log_truncate ? O_TRUNC : 0);
     if (!o->log_file)
         return 0;
-    o->log_fd = open(o->log_file, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0640);
+    o->log_fd = open(o->log_file, flags | O_CREAT | O_EXCL, 0600);
     if (o->log_fd >= 0)
         give_to_runas(o, o->log_fd, o->log_file); /* made here */
     else if (errno == EEXIST)
-        o->log_fd = open(o->log_file, O_WRONLY | O_APPEND | O_CLOEXEC);
+        o->log_fd = open(o->log_file, flags);
     if (o->log_fd < 0)
-        return cli_fail(CLI_EXIT_ERROR, "--log: %s: %s", o->log_file, strerror(errno));
+        return cli_fail(CLI_EXIT_USAGE, "--log: %s: %s", o->log_file, strerror(errno));
     return 0;
 }
 
@@ -835,6 +866,7 @@ static int serve(struct socket_opts *o)
         o->server.migration_key = o->have_migration_key ? &o->migration_key_aes : NULL;
         o->server.log_level = o->log_level;
         o->server.log_fd = o->log_fd;
+        o->server.log_prefix = o->log_prefix;
         o->server.ready = ready;
         o->server.ready_opaque = o;
         if (tpm_server_run(&o->server, &err) < 0)
