@@ -21,6 +21,15 @@
 #include "nvram.h"
 #include "tpm.h"
 
+/* The key material, in pages of its own that core dumps leave out
+ * (nv_secret_alloc): the --key and --migration-key as read, wiped once the
+ * TPM has started; the blob keys swtpm's format makes of them, needed while
+ * the server runs (for a raw --key, that is the key itself). */
+struct socket_secrets {
+    struct nvram_key key, migration_key;
+    struct mig_key key_aes, migration_key_aes; /* as swtpm makes them, for blobs */
+};
+
 struct socket_opts {
     int tpm_version;
     const char *state_path; /* the image */
@@ -29,8 +38,7 @@ struct socket_opts {
     unsigned state_mode;
     struct tpm_server_config server;
     struct tpm_backend_options backend;
-    struct nvram_key key, migration_key;
-    struct mig_key key_aes, migration_key_aes; /* as swtpm makes them, for blobs */
+    struct socket_secrets *sec;
     bool have_key, have_migration_key;
     bool not_need_init, daemon, print_caps, print_states, incoming, no_sync;
     const char *pid_file;
@@ -569,7 +577,7 @@ static int start_tpm(struct socket_opts *o)
         o->storage = NULL;
     }
     if (import && (code = cli_dir_import(o->state_dir, o->state_path, o->tpm_version,
-                                         o->have_key ? &o->key : NULL, mode,
+                                         o->have_key ? &o->sec->key : NULL, mode,
                                          o->dir_state == CLI_DIR_SWTPM_NEWER ? &o->dir_files : NULL,
                                          o->log_fd, o->log_prefix)) != 0)
         return code;
@@ -579,7 +587,7 @@ static int start_tpm(struct socket_opts *o)
         return code;
     struct nvram_options no = {.tpm_version = o->tpm_version,
                                .format_blank = true,
-                               .key = o->have_key ? &o->key : NULL,
+                               .key = o->have_key ? &o->sec->key : NULL,
                                .no_sync = o->no_sync};
     if (nvram_storage_open_nvram(o->storage, &no, &err) < 0)
         return cli_fail(cli_exit_code(err.code), "%s", err.msg);
@@ -602,7 +610,12 @@ static int ready(void *opaque, struct nv_error *err)
 {
     struct socket_opts *o = opaque;
     int pid_fd = -1;
-    if ((o->start_code = start_tpm(o)) != 0)
+    o->start_code = start_tpm(o);
+    /* The NVRAM holds its data key and the blob keys are made: the keys as
+     * read are no longer needed, and no copy of them stays. */
+    nvram_key_wipe(&o->sec->key);
+    nvram_key_wipe(&o->sec->migration_key);
+    if (o->start_code != 0)
         return nv_error_set(err, -ECANCELED, "the TPM did not start");
     if ((o->pid_file || o->pid_fd >= 0) && (o->start_code = open_pid(o, &pid_fd)) != 0)
         return nv_error_set(err, -ECANCELED, "the pid file cannot be written");
@@ -611,6 +624,8 @@ static int ready(void *opaque, struct nv_error *err)
             close(pid_fd);
         return nv_error_set(err, -errno, "--daemon: %s", strerror(errno));
     }
+    if (o->daemon) /* a fork's child does not inherit the parent's mlock */
+        nv_secret_lock(o->sec, sizeof(*o->sec));
     if (pid_fd >= 0 && write_pid(o, pid_fd, err) < 0)
         return err->code;
     if (o->runas) {
@@ -704,13 +719,13 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
             break;
         case O_KEY:
             r = o->have_key ? cli_fail(CLI_EXIT_USAGE, "socket: --key given twice")
-                            : cli_parse_key("--key", optarg, &o->key);
+                            : cli_parse_key("--key", optarg, &o->sec->key);
             o->have_key = r == 0;
             break;
         case O_MIGKEY:
             r = o->have_migration_key
                     ? cli_fail(CLI_EXIT_USAGE, "socket: --migration-key given twice")
-                    : cli_parse_key("--migration-key", optarg, &o->migration_key);
+                    : cli_parse_key("--migration-key", optarg, &o->sec->migration_key);
             o->have_migration_key = r == 0;
             break;
         case O_PID:
@@ -814,8 +829,10 @@ static int open_log(struct socket_opts *o)
 static int derive_blob_keys(struct socket_opts *o)
 {
     struct nv_error err = {0};
-    if ((o->have_key && mig_key_from(&o->key, &o->key_aes, &err) < 0) ||
-        (o->have_migration_key && mig_key_from(&o->migration_key, &o->migration_key_aes, &err) < 0))
+    struct socket_secrets *sec = o->sec;
+    if ((o->have_key && mig_key_from(&sec->key, &sec->key_aes, &err) < 0) ||
+        (o->have_migration_key &&
+         mig_key_from(&sec->migration_key, &sec->migration_key_aes, &err) < 0))
         return cli_fail(CLI_EXIT_ERROR, "socket: %s", err.msg);
     return 0;
 }
@@ -862,8 +879,8 @@ static int serve(struct socket_opts *o)
         o->storage = open_state(o, &code);
     if (code == 0) {
         o->server.file_key = o->have_key;
-        o->server.state_key = o->have_key ? &o->key_aes : NULL;
-        o->server.migration_key = o->have_migration_key ? &o->migration_key_aes : NULL;
+        o->server.state_key = o->have_key ? &o->sec->key_aes : NULL;
+        o->server.migration_key = o->have_migration_key ? &o->sec->migration_key_aes : NULL;
         o->server.log_level = o->log_level;
         o->server.log_fd = o->log_fd;
         o->server.log_prefix = o->log_prefix;
@@ -884,6 +901,8 @@ int cmd_socket(int argc, char **argv)
     struct socket_opts o = {
         .tpm_version = 1, .state_fd = -1, .pid_fd = -1, .log_fd = 2, .dir_lock_fd = -1};
     o.server.data.fd = o.server.ctrl.fd = -1;
+    if (!(o.sec = nv_secret_alloc(sizeof(*o.sec))))
+        return cli_fail(CLI_EXIT_ERROR, "socket: no memory for keys: %s", strerror(errno));
     int r = parse_args(argc, argv, &o);
     if (r == 0 && o.print_caps)
         r = print_capabilities(o.tpm_version);
@@ -896,10 +915,7 @@ int cmd_socket(int argc, char **argv)
     if (o.pid_written[0] && lstat(o.pid_written, &pid_st) == 0 && pid_st.st_dev == o.pid_dev &&
         pid_st.st_ino == o.pid_ino)
         unlink(o.pid_written);
-    nvram_key_wipe(&o.key);
-    nvram_key_wipe(&o.migration_key);
-    mig_key_wipe(&o.key_aes);
-    mig_key_wipe(&o.migration_key_aes);
+    nv_secret_free(o.sec, sizeof(*o.sec));
     for (int i = 0; i < o.ncopies; i++)
         free(o.copies[i]);
     return r < 0 ? 0 : r;
