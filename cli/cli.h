@@ -86,9 +86,10 @@ int cli_dir_inspect(const char *dir, const char *img, int tpm_version, enum cli_
 /* Import swtpm's files in dir into the new image img (an interrupted
  * import's leftovers removed first); replacing (the files, newer than the
  * image) renames the image there to IMG.replaced-TIME first (and back if the
- * import fails). Lines on log_fd say what happened. */
+ * import fails). Lines on log_fd (after log_prefix) say what happened. */
 int cli_dir_import(const char *dir, const char *img, int tpm_version, const struct nvram_key *key,
-                   unsigned mode, const struct mig_dir_files *replacing, int log_fd);
+                   unsigned mode, const struct mig_dir_files *replacing, int log_fd,
+                   const char *log_prefix);
 
 int cmd_check(int argc, char **argv);
 int cmd_create(int argc, char **argv);

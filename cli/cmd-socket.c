@@ -21,6 +21,15 @@
 #include "nvram.h"
 #include "tpm.h"
 
+/* The key material, in pages of its own that core dumps leave out
+ * (nv_secret_alloc): the --key and --migration-key as read, wiped once the
+ * TPM has started; the blob keys swtpm's format makes of them, needed while
+ * the server runs (for a raw --key, that is the key itself). */
+struct socket_secrets {
+    struct nvram_key key, migration_key;
+    struct mig_key key_aes, migration_key_aes; /* as swtpm makes them, for blobs */
+};
+
 struct socket_opts {
     int tpm_version;
     const char *state_path; /* the image */
@@ -29,8 +38,7 @@ struct socket_opts {
     unsigned state_mode;
     struct tpm_server_config server;
     struct tpm_backend_options backend;
-    struct nvram_key key, migration_key;
-    struct mig_key key_aes, migration_key_aes; /* as swtpm makes them, for blobs */
+    struct socket_secrets *sec;
     bool have_key, have_migration_key;
     bool not_need_init, daemon, print_caps, print_states, incoming, no_sync;
     const char *pid_file;
@@ -42,6 +50,8 @@ struct socket_opts {
     const char *log_file;
     int log_fd;
     unsigned log_level;
+    const char *log_prefix; /* before every line on the log, nvtpm's and libtpms' */
+    bool log_truncate;      /* the log file emptied at start, else appended to */
     char state_buf[4096];
     char *copies[32]; /* option values are parsed in copies: argv stays as typed */
     int ncopies;
@@ -314,7 +324,9 @@ static int parse_pid_or_log(const char *opt, char *text, struct socket_opts *o)
         else if (strcmp(k, "level") == 0 && !(r = parse_uint(opt, &kv[i], 100, &v)))
             o->log_level = (unsigned)v;
         else if (strcmp(k, "prefix") == 0 && !(r = need_value(opt, &kv[i])))
-            o->backend.debug_prefix = kv[i].value;
+            o->log_prefix = o->backend.debug_prefix = kv[i].value;
+        else if (strcmp(k, "truncate") == 0)
+            o->log_truncate = true;
     }
     return r;
 }
@@ -338,7 +350,8 @@ static const char socket_usage[] =
     "                    --ctrl type=tcp,port=P[,bindaddr=A] | type=unixio,path=P|fd=N|clientfd=N\n"
     "                           [,mode=M][,uid=U][,gid=G][,terminate]\n"
     "                    [--key KEY] [--migration-key KEY] [--pid file=F|fd=N]\n"
-    "                    [--log file=F|fd=N[,level=N]] [--flags not-need-init,startup-clear|\n"
+    "                    [--log file=F|fd=N[,level=N][,prefix=P][,truncate]]\n"
+    "                    [--flags not-need-init,startup-clear|\n"
     "                     startup-state|startup-deactivated|startup-none,disable-auto-shutdown]\n"
     "                    [--locality reject-locality-4[,allow-set-locality]]\n"
     "                    [--migration incoming,release-lock-outgoing] [--platform port=P]\n"
@@ -364,7 +377,9 @@ static const char socket_usage[] =
     "  --platform   the MS simulator's platform port, for tpm2-tss's mssim TCTI\n"
     "  --no-sync    commits skip fdatasync (faster; an acknowledged write can be lost)\n"
     "  --log        level>=5 logs every command and response, and libtpms' debug output\n"
-    "               at its level N-4 (as swtpm)\n"
+    "               at its level N-4 (as swtpm); prefix=P before every line; truncate:\n"
+    "               the file emptied first, else appended to\n"
+    "  --pid, --log file=  never opened through a symbolic link (exit 1, as swtpm)\n"
     "  --migration  incoming: start even while another process (the source) owns the\n"
     "               image; SET_STATEBLOB or INIT takes it. release-lock-outgoing: give it up\n"
     "               once the savestate blob is read; LOCK_STORAGE takes it back\n"
@@ -507,16 +522,28 @@ static struct nvram_storage *open_state(struct socket_opts *o, int *code)
 
 /* ---- once the sockets exist: daemon, pid file, user ------------------------------------- */
 
-/* The pid file; its path is kept (for fd=, what the descriptor names), so
- * that the process removes it when it ends, as swtpm does. */
-static int write_pid(struct socket_opts *o, struct nv_error *err)
+/* The pid file, opened before --daemon detaches so that its caller still
+ * sees a refusal. As swtpm opens it: never through a symbolic link (one
+ * planted in a world-writable folder would have a root-run server overwrite
+ * the link's target: ELOOP, exit 1), and a stale file of an earlier run is
+ * overwritten. Returns an exit code; the message is printed. */
+static int open_pid(struct socket_opts *o, int *fd)
+{
+    *fd = o->pid_fd;
+    if (o->pid_fd < 0)
+        *fd = open(o->pid_file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (*fd < 0)
+        return cli_fail(CLI_EXIT_USAGE, "--pid: %s: %s", o->pid_file, strerror(errno));
+    return 0;
+}
+
+/* Write the pid into fd (open_pid's) and close it; the path is kept (for
+ * fd=, what the descriptor names), so that the process removes the file when
+ * it ends, as swtpm does. */
+static int write_pid(struct socket_opts *o, int fd, struct nv_error *err)
 {
     char text[32], link[64];
     int n = snprintf(text, sizeof(text), "%d", (int)getpid());
-    int fd = o->pid_fd >= 0 ? o->pid_fd
-                            : open(o->pid_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return nv_error_set(err, -errno, "--pid: %s: %s", o->pid_file, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) { /* never a device's name */
         o->pid_dev = st.st_dev;
@@ -550,9 +577,9 @@ static int start_tpm(struct socket_opts *o)
         o->storage = NULL;
     }
     if (import && (code = cli_dir_import(o->state_dir, o->state_path, o->tpm_version,
-                                         o->have_key ? &o->key : NULL, mode,
+                                         o->have_key ? &o->sec->key : NULL, mode,
                                          o->dir_state == CLI_DIR_SWTPM_NEWER ? &o->dir_files : NULL,
-                                         o->log_fd)) != 0)
+                                         o->log_fd, o->log_prefix)) != 0)
         return code;
     if (import)
         give_to_runas(o, -1, o->state_path);
@@ -560,7 +587,7 @@ static int start_tpm(struct socket_opts *o)
         return code;
     struct nvram_options no = {.tpm_version = o->tpm_version,
                                .format_blank = true,
-                               .key = o->have_key ? &o->key : NULL,
+                               .key = o->have_key ? &o->sec->key : NULL,
                                .no_sync = o->no_sync};
     if (nvram_storage_open_nvram(o->storage, &no, &err) < 0)
         return cli_fail(cli_exit_code(err.code), "%s", err.msg);
@@ -582,11 +609,24 @@ static int start_tpm(struct socket_opts *o)
 static int ready(void *opaque, struct nv_error *err)
 {
     struct socket_opts *o = opaque;
-    if ((o->start_code = start_tpm(o)) != 0)
+    int pid_fd = -1;
+    o->start_code = start_tpm(o);
+    /* The NVRAM holds its data key and the blob keys are made: the keys as
+     * read are no longer needed, and no copy of them stays. */
+    nvram_key_wipe(&o->sec->key);
+    nvram_key_wipe(&o->sec->migration_key);
+    if (o->start_code != 0)
         return nv_error_set(err, -ECANCELED, "the TPM did not start");
-    if (o->daemon && daemon(1, 0) < 0) /* the child keeps every descriptor, locks included */
+    if ((o->pid_file || o->pid_fd >= 0) && (o->start_code = open_pid(o, &pid_fd)) != 0)
+        return nv_error_set(err, -ECANCELED, "the pid file cannot be written");
+    if (o->daemon && daemon(1, 0) < 0) { /* the child keeps every descriptor, locks included */
+        if (pid_fd >= 0)
+            close(pid_fd);
         return nv_error_set(err, -errno, "--daemon: %s", strerror(errno));
-    if ((o->pid_file || o->pid_fd >= 0) && write_pid(o, err) < 0)
+    }
+    if (o->daemon) /* a fork's child does not inherit the parent's mlock */
+        nv_secret_lock(o->sec, sizeof(*o->sec));
+    if (pid_fd >= 0 && write_pid(o, pid_fd, err) < 0)
         return err->code;
     if (o->runas) {
         struct passwd *pw = getpwnam(o->runas);
@@ -679,13 +719,13 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
             break;
         case O_KEY:
             r = o->have_key ? cli_fail(CLI_EXIT_USAGE, "socket: --key given twice")
-                            : cli_parse_key("--key", optarg, &o->key);
+                            : cli_parse_key("--key", optarg, &o->sec->key);
             o->have_key = r == 0;
             break;
         case O_MIGKEY:
             r = o->have_migration_key
                     ? cli_fail(CLI_EXIT_USAGE, "socket: --migration-key given twice")
-                    : cli_parse_key("--migration-key", optarg, &o->migration_key);
+                    : cli_parse_key("--migration-key", optarg, &o->sec->migration_key);
             o->have_migration_key = r == 0;
             break;
         case O_PID:
@@ -765,17 +805,23 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
     return r;
 }
 
+/* --log file=, opened as swtpm opens it: never through a symbolic link (a
+ * link planted where a root-run server logs would have it overwrite the
+ * link's target: ELOOP, exit 1), mode 0600 (level 5 and above log every
+ * command and response), appended to, or emptied first with truncate. A
+ * file made here goes to --runas's user. */
 static int open_log(struct socket_opts *o)
 {
+    int flags = O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC | (o->log_truncate ? O_TRUNC : 0);
     if (!o->log_file)
         return 0;
-    o->log_fd = open(o->log_file, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0640);
+    o->log_fd = open(o->log_file, flags | O_CREAT | O_EXCL, 0600);
     if (o->log_fd >= 0)
         give_to_runas(o, o->log_fd, o->log_file); /* made here */
     else if (errno == EEXIST)
-        o->log_fd = open(o->log_file, O_WRONLY | O_APPEND | O_CLOEXEC);
+        o->log_fd = open(o->log_file, flags);
     if (o->log_fd < 0)
-        return cli_fail(CLI_EXIT_ERROR, "--log: %s: %s", o->log_file, strerror(errno));
+        return cli_fail(CLI_EXIT_USAGE, "--log: %s: %s", o->log_file, strerror(errno));
     return 0;
 }
 
@@ -783,8 +829,10 @@ static int open_log(struct socket_opts *o)
 static int derive_blob_keys(struct socket_opts *o)
 {
     struct nv_error err = {0};
-    if ((o->have_key && mig_key_from(&o->key, &o->key_aes, &err) < 0) ||
-        (o->have_migration_key && mig_key_from(&o->migration_key, &o->migration_key_aes, &err) < 0))
+    struct socket_secrets *sec = o->sec;
+    if ((o->have_key && mig_key_from(&sec->key, &sec->key_aes, &err) < 0) ||
+        (o->have_migration_key &&
+         mig_key_from(&sec->migration_key, &sec->migration_key_aes, &err) < 0))
         return cli_fail(CLI_EXIT_ERROR, "socket: %s", err.msg);
     return 0;
 }
@@ -831,10 +879,11 @@ static int serve(struct socket_opts *o)
         o->storage = open_state(o, &code);
     if (code == 0) {
         o->server.file_key = o->have_key;
-        o->server.state_key = o->have_key ? &o->key_aes : NULL;
-        o->server.migration_key = o->have_migration_key ? &o->migration_key_aes : NULL;
+        o->server.state_key = o->have_key ? &o->sec->key_aes : NULL;
+        o->server.migration_key = o->have_migration_key ? &o->sec->migration_key_aes : NULL;
         o->server.log_level = o->log_level;
         o->server.log_fd = o->log_fd;
+        o->server.log_prefix = o->log_prefix;
         o->server.ready = ready;
         o->server.ready_opaque = o;
         if (tpm_server_run(&o->server, &err) < 0)
@@ -852,6 +901,8 @@ int cmd_socket(int argc, char **argv)
     struct socket_opts o = {
         .tpm_version = 1, .state_fd = -1, .pid_fd = -1, .log_fd = 2, .dir_lock_fd = -1};
     o.server.data.fd = o.server.ctrl.fd = -1;
+    if (!(o.sec = nv_secret_alloc(sizeof(*o.sec))))
+        return cli_fail(CLI_EXIT_ERROR, "socket: no memory for keys: %s", strerror(errno));
     int r = parse_args(argc, argv, &o);
     if (r == 0 && o.print_caps)
         r = print_capabilities(o.tpm_version);
@@ -864,10 +915,7 @@ int cmd_socket(int argc, char **argv)
     if (o.pid_written[0] && lstat(o.pid_written, &pid_st) == 0 && pid_st.st_dev == o.pid_dev &&
         pid_st.st_ino == o.pid_ino)
         unlink(o.pid_written);
-    nvram_key_wipe(&o.key);
-    nvram_key_wipe(&o.migration_key);
-    mig_key_wipe(&o.key_aes);
-    mig_key_wipe(&o.migration_key_aes);
+    nv_secret_free(o.sec, sizeof(*o.sec));
     for (int i = 0; i < o.ncopies; i++)
         free(o.copies[i]);
     return r < 0 ? 0 : r;

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include <libtpms/tpm_library.h>
 
@@ -88,6 +89,14 @@ int cli_parse_size(const char *text, uint64_t *out)
 int cli_parse_key(const char *option, const char *spec, struct nvram_key *key)
 {
     struct nv_error err = {0};
+    /* A process that holds key material is not dumpable, from before the key
+     * is read: no core dump of it (the key, or the image's data key, would be
+     * in it), no ptrace or /proc/PID/mem by its user. Only then: a process
+     * without a key holds nothing its image does not hold in the clear, and
+     * stays open to gdb and to /proc/PID/fd readers of its user. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        return cli_fail(CLI_EXIT_ERROR, "%s: cannot keep the key out of core dumps: %s", option,
+                        strerror(errno));
     int r = nvram_key_parse(spec, key, &err);
     if (r < 0)
         return cli_fail(r == -EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_ERROR, "%s: %s", option, err.msg);

@@ -86,7 +86,8 @@ static int set_image_aside(const char *img, char *aside, size_t size)
 }
 
 int cli_dir_import(const char *dir, const char *img, int tpm_version, const struct nvram_key *key,
-                   unsigned mode, const struct mig_dir_files *replacing, int log_fd)
+                   unsigned mode, const struct mig_dir_files *replacing, int log_fd,
+                   const char *log_prefix)
 {
     char tmp[PATH_MAX], aside[PATH_MAX + 64], why[512] = "";
     int code;
@@ -102,7 +103,7 @@ int cli_dir_import(const char *dir, const char *img, int tpm_version, const stru
     snprintf(tmp, sizeof(tmp), "%s.importing", img);
     /* The folder's lock is held: an .importing file is an interrupted import's. */
     if (unlink(tmp) == 0)
-        dprintf(log_fd, "nvtpm: removed %s, left by an interrupted import\n", tmp);
+        nv_log(log_fd, log_prefix, "nvtpm: removed %s, left by an interrupted import", tmp);
     struct cli_import req = {.cmd = "socket",
                              .dir = dir,
                              .img = img,
@@ -118,14 +119,14 @@ int cli_dir_import(const char *dir, const char *img, int tpm_version, const stru
     if (code && replacing && link(aside, img) == 0) /* the import failed: back as it was */
         unlink(aside);
     else if (code == 0 && replacing)
-        dprintf(log_fd,
-                "nvtpm: %s holds swtpm's %s: swtpm's state is served, imported anew; the image "
-                "%s is kept as %s\n",
-                dir, why, img, aside);
+        nv_log(log_fd, log_prefix,
+               "nvtpm: %s holds swtpm's %s: swtpm's state is served, imported anew; the image "
+               "%s is kept as %s",
+               dir, why, img, aside);
     if (code == 0)
-        dprintf(log_fd,
-                "nvtpm: imported swtpm's TPM %s state from %s into %s%s; swtpm's files "
-                "are left as they were\n",
-                tpm_version == 2 ? "2.0" : "1.2", dir, img, key ? ", encrypted" : "");
+        nv_log(log_fd, log_prefix,
+               "nvtpm: imported swtpm's TPM %s state from %s into %s%s; swtpm's files "
+               "are left as they were",
+               tpm_version == 2 ? "2.0" : "1.2", dir, img, key ? ", encrypted" : "");
     return code;
 }

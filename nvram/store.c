@@ -244,7 +244,8 @@ struct nvram *nvram_open(struct bdrv_node *bs, const struct nvram_options *opts,
                          struct nv_error *err)
 {
     static const struct nvram_options none;
-    struct nvram *nv = calloc(1, sizeof(*nv));
+    /* pages of its own, left out of core dumps: it holds the data key */
+    struct nvram *nv = nv_secret_alloc(sizeof(*nv));
     if (!nv) {
         nv_error_set(err, -ENOMEM, "out of memory");
         return NULL;
@@ -296,12 +297,11 @@ void nvram_close(struct nvram *nv)
 {
     if (!nv)
         return;
-    nvram_wipe(nv->data_key, sizeof(nv->data_key));
     free(nv->buf);
     if (nv->plain)
         nvram_wipe(nv->plain, nv->buf_size);
     free(nv->plain);
-    free(nv);
+    nv_secret_free(nv, sizeof(*nv)); /* wiped, the data key with it */
 }
 
 int nvram_tpm_version(const struct nvram *nv)

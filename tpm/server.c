@@ -74,20 +74,19 @@ static void log_bytes(const struct server *s, const char *what, const uint8_t *p
 {
     if (s->cfg->log_level < 5 || s->cfg->log_fd < 0)
         return;
-    char line[64 + 64 * 3 + 8]; /* one write per line: lines of two threads do not mix */
-    int n = snprintf(line, sizeof(line), "nvtpm: %s (%u bytes):", what, len);
+    char hex[64 * 3 + 8];
+    int n = 0;
     for (uint32_t i = 0; i < len && i < 64; i++)
-        n += snprintf(line + n, sizeof(line) - (size_t)n, " %02x", p[i]);
-    snprintf(line + n, sizeof(line) - (size_t)n, "%s\n", len > 64 ? " ..." : "");
-    dprintf(s->cfg->log_fd, "%s", line);
+        n += snprintf(hex + n, sizeof(hex) - (size_t)n, " %02x", p[i]);
+    snprintf(hex + n, sizeof(hex) - (size_t)n, "%s", len > 64 ? " ..." : "");
+    nv_log(s->cfg->log_fd, s->cfg->log_prefix, "nvtpm: %s (%u bytes):%s", what, len, hex);
 }
 
 /* Why a control request failed: one line on the log. */
 static void cb_log(void *opaque, const char *message)
 {
     const struct server *s = opaque;
-    if (s->cfg->log_fd >= 0)
-        dprintf(s->cfg->log_fd, "nvtpm: %s\n", message);
+    nv_log(s->cfg->log_fd, s->cfg->log_prefix, "nvtpm: %s", message);
 }
 
 /* ---- the data channel, on the TPM thread ------------------------------------------ */

@@ -130,6 +130,7 @@ struct tpm_server_config {
     struct nvram_storage *storage;       /* for the ownership hand-off */
     unsigned log_level;                  /* >= 5: each command and response logged */
     int log_fd;
+    const char *log_prefix; /* before each line on log_fd (--log prefix=), or NULL */
     /* Called once the sockets exist, before serving (daemonize, pid file). */
     int (*ready)(void *opaque, struct nv_error *err);
     void *ready_opaque;

@@ -34,6 +34,20 @@ int nv_error_append(struct nv_error *err, int code, const char *fmt, ...) NV_PRI
 
 void nv_error_clear(struct nv_error *err);
 
+/* One line on a server's log: prefix (NULL: none; --log's prefix=, which
+ * swtpm puts before each of its lines), the message, a newline, in one
+ * write() so that two threads' lines do not mix. fd < 0: no log. */
+void nv_log(int fd, const char *prefix, const char *fmt, ...) NV_PRINTF(3, 4);
+
+/* Zeroed memory for key material held while the process runs: pages of its
+ * own, excluded from core dumps (MADV_DONTDUMP) and locked out of swap
+ * where RLIMIT_MEMLOCK allows. NULL (errno set) if the pages cannot be had.
+ * A fork's child does not inherit the lock: it calls nv_secret_lock again.
+ * nv_secret_free wipes (explicit_bzero) and unmaps. */
+void *nv_secret_alloc(size_t size);
+void nv_secret_lock(void *p, size_t size);
+void nv_secret_free(void *p, size_t size);
+
 /* Parse a whole string as an unsigned decimal number no greater than max.
  * No sign, no spaces, no trailing characters. Returns 0, -EINVAL or -ERANGE. */
 int nv_parse_u64(const char *text, uint64_t max, uint64_t *out);
