@@ -64,7 +64,7 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
         return r;
     nv.load_depth = 1; /* held here across everything */
     r = nvram_read_super(bs, &nv.sb, &nv.sb_copy, info->superblock_valid, why, sizeof(why), err);
-    if (r == -EUCLEAN || r == -ENOMEDIUM)
+    if ((r == -EUCLEAN || r == -ENOMEDIUM) && why[0])
         nv_error_set(err, r, "%s is not a usable nvtpm NVRAM: %s", bdrv_filename(bs), why);
     else if (r == -ENODATA)
         nv_error_set(err, r, "%s is blank: it holds no TPM state yet", bdrv_filename(bs));
@@ -74,6 +74,8 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
         r = (int)size;
     else if (nvram_super_extent(&nv.sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
         r = nv_error_set(err, -EUCLEAN, "%s: %s", bdrv_filename(bs), why);
+    else
+        r = bdrv_check_mapped(bs, 0, end, err);
     if (r == 0) {
         fill_info(&nv.sb, info);
         if (key && nv.sb.cipher != NVRAM_CIPHER_NONE) {

@@ -29,13 +29,16 @@ void nvram_warn(const struct nvram_options *opts, const char *fmt, ...)
 }
 
 /* Both superblock copies: *copy is the current one. -ENODATA when both are
- * all zeros, -EUCLEAN when neither is valid (why says why). */
+ * all zeros, -EUCLEAN when neither is valid (why says why). When the read
+ * itself fails (the block layer's -EUCLEAN too: a truncated image), why is
+ * empty and err says what failed. */
 int nvram_read_super(struct bdrv_node *bs, struct nvram_super *sb, int *copy, bool valid[2],
                      char *why, size_t why_size, struct nv_error *err)
 {
     uint8_t raw[2][NVRAM_SB_SIZE];
     struct nvram_super cand[2];
     char reason[2][160];
+    why[0] = '\0';
     int r = bdrv_pread(bs, 0, raw, sizeof(raw), err);
     if (r < 0)
         return r;
@@ -219,7 +222,7 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
     }
     if (r == -ENODATA)
         return nv_error_set(err, -ENODATA, "%s is blank: it holds no TPM state yet", img);
-    if (r == -EUCLEAN || r == -ENOMEDIUM)
+    if ((r == -EUCLEAN || r == -ENOMEDIUM) && why[0])
         return nv_error_set(err, r, "%s is not a usable nvtpm NVRAM: %s", img, why);
     if (r < 0)
         return r;
@@ -231,6 +234,10 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
         return (int)size;
     if (nvram_super_extent(&nv->sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
         return nv_error_set(err, -EUCLEAN, "%s: %s", img, why);
+    /* A truncated qcow2 image maps clusters past its end, which read as
+     * zeros: blank slots, an older version, a TPM served as new. */
+    if ((r = bdrv_check_mapped(nv->bs, 0, end, err)) < 0)
+        return r;
     if (opts->tpm_version && opts->tpm_version != nv->sb.tpm_version)
         return nv_error_set(err, -EMEDIUMTYPE, "%s holds a TPM %s state, not a TPM %s one", img,
                             nv->sb.tpm_version == 2 ? "2.0" : "1.2",
@@ -271,7 +278,7 @@ int nvram_refresh(struct nvram *nv, struct nv_error *err)
     if (r < 0)
         return r;
     r = nvram_read_super(nv->bs, &sb, &copy, valid, why, sizeof(why), err);
-    if (r == -ENODATA || r == -EUCLEAN || r == -ENOMEDIUM)
+    if (r == -ENODATA || ((r == -EUCLEAN || r == -ENOMEDIUM) && why[0]))
         r = nv_error_set(err, r == -ENODATA ? -EUCLEAN : r, "%s no longer holds its NVRAM: %s", img,
                          r == -ENODATA ? "it is blank" : why);
     else if (r == 0 && (memcmp(sb.uuid, nv->sb.uuid, sizeof(sb.uuid)) != 0 ||
@@ -280,6 +287,14 @@ int nvram_refresh(struct nvram *nv, struct nv_error *err)
                          "%s is no longer the NVRAM this process opened (another process "
                          "replaced, reformatted or re-encrypted it)",
                          img);
+    uint64_t end;
+    int64_t size = r == 0 ? bdrv_getlength(nv->bs, err) : r;
+    if (size < 0)
+        r = (int)size;
+    else if (nvram_super_extent(&sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
+        r = nv_error_set(err, -EUCLEAN, "%s: %s", img, why);
+    else
+        r = bdrv_check_mapped(nv->bs, 0, end, err);
     if (r == 0) {
         nv->sb = sb;
         nv->sb_copy = copy;
