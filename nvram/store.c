@@ -146,6 +146,48 @@ static int new_super(struct nvram_super *sb, const struct nvram_options *opts, u
     return nvram_keyslot_fill(&sb->keys[0], opts->key, sb->uuid, 0, data_key, len, err);
 }
 
+/* On an image about to be formatted nothing refers to the clusters an
+ * earlier format that failed (a full disk) allocated: they are leaks. Give
+ * them back, so that this format reuses them rather than growing the file.
+ * Corrupt metadata is refused: formatting over it would spread the damage. */
+static int give_back_leaks(struct bdrv_node *bs, struct nv_error *err)
+{
+    struct bdrv_check_result res;
+    int r = bdrv_check(bs, &res, true, err);
+    if (r < 0)
+        return nv_error_prefix(err, r, "%s: checking the image before formatting it",
+                               bdrv_filename(bs));
+    if (res.corruptions)
+        return nv_error_set(err, -EUCLEAN,
+                            "%s: the image's metadata is corrupt (first: %s); refusing to "
+                            "format it",
+                            bdrv_filename(bs), res.first_problem);
+    return 0;
+}
+
+static int format_locked(struct bdrv_node *bs, const struct nvram_super *sb,
+                         const uint8_t *data_key, uint64_t end, struct nv_error *err)
+{
+    int r = give_back_leaks(bs, err);
+    if (r == 0)
+        r = write_zeros(bs, end, err);
+    if (r == 0)
+        r = bdrv_flush(bs, err);
+    if (r == 0)
+        r = nvram_write_super(bs, sb, 0, false, err);
+    if (r == 0)
+        r = nvram_write_super(bs, sb, 1, true, err);
+    if (r == 0)
+        r = write_markers(bs, sb, data_key, err);
+    if (r < 0) {
+        /* What this attempt allocated and could not use, given back now if
+         * the image takes writes again (else the next format does it). */
+        struct bdrv_check_result res;
+        bdrv_check(bs, &res, true, NULL);
+    }
+    return r;
+}
+
 int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct nv_error *err)
 {
     if (opts->tpm_version != 1 && opts->tpm_version != 2)
@@ -167,15 +209,7 @@ int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct 
     if (r == 0 && nvram_super_extent(&sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
         r = nv_error_set(err, -ENOSPC, "%s: %s", bdrv_filename(bs), why);
     if (r == 0 && (r = bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, lock_timeout(opts), err)) == 0) {
-        r = write_zeros(bs, end, err);
-        if (r == 0)
-            r = bdrv_flush(bs, err);
-        if (r == 0)
-            r = nvram_write_super(bs, &sb, 0, false, err);
-        if (r == 0)
-            r = nvram_write_super(bs, &sb, 1, true, err);
-        if (r == 0)
-            r = write_markers(bs, &sb, data_key, err);
+        r = format_locked(bs, &sb, data_key, end, err);
         bdrv_unlock(bs, NULL);
     }
     nvram_wipe(data_key, sizeof(data_key));
