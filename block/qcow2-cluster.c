@@ -75,11 +75,11 @@ int qcow2_check_in_file(struct bdrv_node *bs, uint64_t host, const char *what, u
         return 0;
     if (guest == UINT64_MAX)
         return nv_error_set(err, -EUCLEAN,
-                            "%s: the %s at offset %llu lies past the end of the file (%lld "
+                            "%s: the %s at offset %llu extends past the end of the file (%lld "
                             "bytes): the image is truncated or corrupt",
                             bs->filename, what, (unsigned long long)host, (long long)file_len);
     return nv_error_set(err, -EUCLEAN,
-                        "%s: the %s at offset %llu (guest offset %llu) lies past the end of the "
+                        "%s: the %s at offset %llu (guest offset %llu) extends past the end of the "
                         "file (%lld bytes): the image is truncated or corrupt",
                         bs->filename, what, (unsigned long long)host, (unsigned long long)guest,
                         (long long)file_len);
