@@ -84,6 +84,11 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
         }
         r = inspect_blobs(&nv, info, err);
     }
+    int perm = info->blobs[NVRAM_PERMALL].current;
+    const struct nvram_slot_info *ps = info->blobs[NVRAM_PERMALL].slot;
+    if (r == 0 && ps[0].state != NVRAM_SLOT_DAMAGED &&
+        ps[1].state != NVRAM_SLOT_DAMAGED) /* damage is reported as such */
+        r = nvram_check_manufactured(bs, &nv.sb, perm, perm >= 0 && ps[perm].deleted, err);
     bdrv_unlock(bs, NULL);
     nvram_wipe(nv.data_key, sizeof(nv.data_key));
     if (nv.plain)

@@ -279,6 +279,23 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
     return check_key(nv, opts, err);
 }
 
+int nvram_check_manufactured(struct bdrv_node *bs, const struct nvram_super *sb,
+                             int permall_current, bool permall_deleted, struct nv_error *err)
+{
+    if (!(sb->flags & NVRAM_SB_MANUFACTURED) || (permall_current >= 0 && !permall_deleted))
+        return 0;
+    return nv_error_set(err, -EUCLEAN,
+                        "%s: permall is %s, but the superblock says this TPM was manufactured: "
+                        "its state is damaged; refusing to start it blank",
+                        bdrv_filename(bs), permall_current < 0 ? "blank" : "marked deleted");
+}
+
+static int check_permall(struct nvram *nv, struct nv_error *err)
+{
+    return nvram_check_manufactured(nv->bs, &nv->sb, nv->blob[NVRAM_PERMALL].current,
+                                    nv->blob[NVRAM_PERMALL].deleted, err);
+}
+
 struct nvram *nvram_open(struct bdrv_node *bs, const struct nvram_options *opts,
                          struct nv_error *err)
 {
@@ -295,6 +312,8 @@ struct nvram *nvram_open(struct bdrv_node *bs, const struct nvram_options *opts,
     int r = open_super(nv, opts ? opts : &none, err);
     for (int b = 0; r == 0 && b < NVRAM_BLOBS; b++)
         r = nvram_scan_blob(nv, (enum nvram_blob)b, NULL, NULL, err);
+    if (r == 0)
+        r = check_permall(nv, err);
     if (r < 0) {
         nvram_close(nv);
         return NULL;
@@ -335,6 +354,8 @@ int nvram_refresh(struct nvram *nv, struct nv_error *err)
     }
     for (int b = 0; r == 0 && b < NVRAM_BLOBS; b++)
         r = nvram_scan_blob(nv, (enum nvram_blob)b, NULL, NULL, err);
+    if (r == 0)
+        r = check_permall(nv, err);
     bdrv_unlock(nv->bs, NULL);
     return r;
 }
@@ -449,6 +470,7 @@ int nvram_scan_blob(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size
                             info[1].state == NVRAM_SLOT_BLANK ? "blank" : info[1].problem);
     nv->blob[blob].current = cur;
     nv->blob[blob].sequence = cur >= 0 ? info[cur].sequence : 0;
+    nv->blob[blob].deleted = cur >= 0 && info[cur].deleted;
     if (data && (cur < 0 || info[cur].deleted))
         return nv_error_set(err, -ENOENT, "%s: %s does not exist%s", img, name,
                             cur < 0 ? "" : " (deleted)");
@@ -514,6 +536,39 @@ static int seal_next(struct nvram *nv, enum nvram_blob blob, const uint8_t *data
                  : 0;
 }
 
+/* The superblock with the MANUFACTURED flag set or cleared, generation + 1,
+ * into the other copy (under the exclusive access lock); flushed with sync. */
+static int set_manufactured(struct nvram *nv, bool on, bool sync, struct nv_error *err)
+{
+    struct nvram_super sb = nv->sb;
+    sb.flags = (uint8_t)(on ? sb.flags | NVRAM_SB_MANUFACTURED : sb.flags & ~NVRAM_SB_MANUFACTURED);
+    sb.generation++;
+    int r = nvram_write_super(nv->bs, &sb, 1 - nv->sb_copy, sync, err);
+    if (r == 0) {
+        nv->sb = sb;
+        nv->sb_copy = 1 - nv->sb_copy;
+    }
+    return r;
+}
+
+/* Before a commit's slot is written. Deleting permall clears MANUFACTURED
+ * first, durably (a crash between leaves a flagless image with permall, as
+ * before the flag existed). Once a permall is on disk and durable, the next
+ * commit, of any blob, sets the flag in the same flush as its slot: a crash
+ * before that flush leaves the flag either way, with permall there, so a
+ * commit stays one flush, and the flag never outlives its permall. */
+static int update_manufactured(struct nvram *nv, enum nvram_blob blob, bool deleted,
+                               struct nv_error *err)
+{
+    bool flagged = nv->sb.flags & NVRAM_SB_MANUFACTURED;
+    bool permall = nv->blob[NVRAM_PERMALL].current >= 0 && !nv->blob[NVRAM_PERMALL].deleted;
+    if (blob == NVRAM_PERMALL && deleted)
+        return flagged ? set_manufactured(nv, false, !nv->opts.no_sync, err) : 0;
+    if (flagged || !permall || nv->opts.no_sync) /* without flushes nothing is known durable */
+        return 0;
+    return set_manufactured(nv, true, false, err);
+}
+
 int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, size_t length,
                  bool deleted, enum nvram_cipher cipher, struct nv_error *err)
 {
@@ -543,6 +598,8 @@ int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, si
         r = seal_next(nv, blob, data, length, deleted, cipher, on_disk, &target, &seq, &written,
                       err);
     if (r == 0)
+        r = update_manufactured(nv, blob, deleted, err);
+    if (r == 0)
         r = bdrv_pwrite(nv->bs, d->offset[target], nv->buf, written, err);
     if (r == 0 && !nv->opts.no_sync && (r = bdrv_flush(nv->bs, err)) < 0) {
         /* The new slot may be readable although it is not durable: blank its
@@ -557,6 +614,7 @@ int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, si
         return nv_error_prefix(err, r, "committing %s", nvram_blob_name(blob));
     nv->blob[blob].current = target;
     nv->blob[blob].sequence = seq;
+    nv->blob[blob].deleted = deleted;
     return 0;
 }
 

@@ -7,13 +7,14 @@
 # offset, leaving the file byte for byte as it was; `nvtpm check` and
 # `nvtpm info` say corrupt (2) as well, and `check --repair` changes nothing
 # (the clusters cut off are still referenced: their refcounts are no leaks).
-# The image as it was still serves.
+# A TPM whose superblock says it was manufactured is refused as well when
+# its permall reads as blank inside the file. The image as it was still serves.
 # Usage: test-truncated.sh NVTPM
 set -u
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/common.sh"
 NVTPM=$1
-require tpm2_nvdefine tpm2_nvwrite tpm2_nvread qemu-img python3 sha256sum
+require tpm2_nvdefine tpm2_nvwrite tpm2_nvread qemu-img qemu-io python3 sha256sum
 T=$TEST_TMP
 IMG=$T/tpm.qcow2
 P=$(free_ports 2)
@@ -88,6 +89,23 @@ refused "cut at 0x60000 (the issue's case: every slot past the end)" $((0x60000)
 refused "cut at the superblocks' cluster (the data area)" "$SUPER"
 refused "cut inside the newest permall slot (the older one intact)" $((SLOT_B + 4096 + 100))
 refused "cut in a slot's unused tail (savestate B)" $((SAVE_B + 8192 + 7))
+
+# Not cut, but permall's slots zeroed inside the file (both, through the
+# virtual disk): the superblock says the TPM was manufactured (set with the
+# commit after its first permall), so it is refused, not started blank.
+cp "$IMG" "$T/zeroed.qcow2"
+qemu-io -c "write -P 0 $((64 << 10)) $((1152 << 10))" "$T/zeroed.qcow2" >/dev/null
+before=$(sha256sum <"$T/zeroed.qcow2")
+timeout 20 "$NVTPM" socket --tpmstate "file=$T/zeroed.qcow2" "${FLAGS[@]}" >"$T/out" 2>"$T/err"
+rc=$?
+[ $rc = 2 ] && pass "permall zeroed in a manufactured TPM: the server exits 2" ||
+    fail "permall zeroed in a manufactured TPM: the server exits 2" "exit $rc (124: it served): $(cat "$T/err")"
+[ "$(wc -l <"$T/err")" = 1 ] && grep -q "zeroed\.qcow2: permall is blank, but the superblock says this TPM was manufactured" "$T/err" &&
+    pass "permall zeroed: one line naming the image and permall" ||
+    fail "permall zeroed: one line naming the image and permall" "$(cat "$T/out" "$T/err")"
+[ "$(sha256sum <"$T/zeroed.qcow2")" = "$before" ] && pass "permall zeroed: the image is unchanged" ||
+    fail "permall zeroed: the image is unchanged"
+expect_exit 2 "permall zeroed: nvtpm check says corrupt" -- "$NVTPM" check "$T/zeroed.qcow2"
 
 # The image as it was: serves the NV index's last value.
 serve "$IMG" && got=$(tpm2_nvread 0x1500017 -C o -s 8 2>"$T/err")
