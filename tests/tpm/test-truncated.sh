@@ -20,7 +20,7 @@ IMG=$T/tpm.qcow2
 P=$(free_ports 2)
 export TPM2TOOLS_TCTI=swtpm:port=$P
 FLAGS=(--tpm2 --server "type=tcp,port=$P" --ctrl "type=tcp,port=$((P + 1))"
-    --flags not-need-init,startup-clear)
+    --flags "not-need-init,startup-clear")
 
 # serve IMG: in the background until its control port answers; else fail with the log
 serve() {
