@@ -76,6 +76,12 @@ int bdrv_truncate(struct bdrv_node *bs, uint64_t length, struct nv_error *err);
 /* Write zeros; formats that can (qcow2 v3) mark whole clusters as zero. */
 int bdrv_pwrite_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err);
 
+/* -EUCLEAN when a cluster the format maps into [offset, offset+len) lies
+ * past the end of the image file: it was cut off, and reading it would give
+ * zeros that were never written. The message names the image and both
+ * offsets. Formats without a mapping (raw) have nothing to check. */
+int bdrv_check_mapped(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err);
+
 /* ---- creating and checking images ----------------------------------------- */
 
 struct bdrv_create_opts {

@@ -34,6 +34,7 @@ struct bdrv_driver {
     int (*pwrite_zeroes)(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err);
     int (*check)(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,
                  struct nv_error *err);
+    int (*check_mapped)(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err);
     int (*create)(const char *path, const struct bdrv_create_opts *opts, struct nv_error *err);
     /* Format reopen hook: reopen_check runs before the descriptors change
      * (flush before going read-only, the open-time refusals before going

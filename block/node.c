@@ -246,6 +246,11 @@ int bdrv_check(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_
     return bs->drv->check(bs, res, repair_leaks, err);
 }
 
+int bdrv_check_mapped(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err)
+{
+    return bs->drv->check_mapped ? bs->drv->check_mapped(bs, offset, len, err) : 0;
+}
+
 int bdrv_create(const char *format, const char *path, const struct bdrv_create_opts *opts,
                 struct nv_error *err)
 {

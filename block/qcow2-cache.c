@@ -95,6 +95,10 @@ int qcow2_cache_get(struct bdrv_node *bs, struct qcow2_cache *c, uint64_t offset
         t->dirty = false;
         if (fresh) {
             memset(t->data, 0, s->cluster_size);
+        } else if ((r = qcow2_check_in_file(
+                        bs, offset, c->kind == QCOW2_META_L2 ? "L2 table" : "refcount block",
+                        UINT64_MAX, err)) < 0) {
+            return r;
         } else if ((r = bdrv_pread(s->file, offset, t->data, s->cluster_size, err)) < 0) {
             return nv_error_prefix(err, r, "%s: reading table at offset %llu", bs->filename,
                                    (unsigned long long)offset);

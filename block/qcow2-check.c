@@ -20,6 +20,7 @@ struct check {
     uint64_t file_len;
     bool bitmaps_unknown;        /* the bitmaps' clusters could not all be found */
     uint64_t bitmap_table_bytes; /* read so far: distinct tables fit in the file */
+    bool past_eof; /* something is referenced past the end of the file (truncated) */
 };
 
 static void problem(struct check *c, bool leak, const char *fmt, ...)
@@ -46,6 +47,7 @@ static void reference(struct check *c, uint64_t offset, uint64_t length, const c
         if (i >= c->nclusters) {
             problem(c, false, "%s at offset %llu is past the end of the file", what,
                     (unsigned long long)offset);
+            c->past_eof = true;
             return;
         }
         if (c->expected[i] < UINT32_MAX)
@@ -340,7 +342,10 @@ static int compare(struct check *c, bool repair, struct nv_error *err)
     int r = 0;
     for (uint64_t cl = 0; cl < c->nclusters && r == 0; cl++)
         r = compare_cluster(c, cl, repair, err);
-    return r < 0 ? r : compare_beyond_file(c, repair, err);
+    /* A truncated image still references the clusters it lost: their
+     * refcounts are not leaks, and lowering them would let new allocations
+     * land where its tables point. The truncation is reported already. */
+    return r < 0 || c->past_eof ? r : compare_beyond_file(c, repair, err);
 }
 
 int qcow2_check(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,

@@ -64,6 +64,27 @@ static int classify(struct bdrv_node *bs, uint64_t entry, enum cluster_kind *kin
     return 0;
 }
 
+int qcow2_check_in_file(struct bdrv_node *bs, uint64_t host, const char *what, uint64_t guest,
+                        struct nv_error *err)
+{
+    struct qcow2_state *s = bs->opaque;
+    int64_t file_len = bdrv_getlength(s->file, err);
+    if (file_len < 0)
+        return (int)file_len;
+    if (host <= (uint64_t)file_len && s->cluster_size <= (uint64_t)file_len - host)
+        return 0;
+    if (guest == UINT64_MAX)
+        return nv_error_set(err, -EUCLEAN,
+                            "%s: the %s at offset %llu extends past the end of the file (%lld "
+                            "bytes): the image is truncated or corrupt",
+                            bs->filename, what, (unsigned long long)host, (long long)file_len);
+    return nv_error_set(err, -EUCLEAN,
+                        "%s: the %s at offset %llu (guest offset %llu) extends past the end of the "
+                        "file (%lld bytes): the image is truncated or corrupt",
+                        bs->filename, what, (unsigned long long)host, (unsigned long long)guest,
+                        (long long)file_len);
+}
+
 static uint64_t l1_index(const struct qcow2_state *s, uint64_t guest)
 {
     return guest >> (s->cluster_bits + s->cluster_bits - 3);
@@ -163,7 +184,28 @@ static int read_chunk(struct bdrv_node *bs, uint64_t guest, uint8_t *buf, size_t
     case NORMAL:
         break;
     }
-    return bdrv_pread(s->file, (entry & QCOW2_OFFSET_MASK) + in_off, buf, n, err);
+    uint64_t host = entry & QCOW2_OFFSET_MASK;
+    r = qcow2_check_in_file(bs, host, "data cluster", guest - in_off, err);
+    return r < 0 ? r : bdrv_pread(s->file, host + in_off, buf, n, err);
+}
+
+int qcow2_check_mapped(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint64_t end =
+        offset + len < offset || offset + len > s->virtual_size ? s->virtual_size : offset + len;
+    for (uint64_t guest = offset & ~(s->cluster_size - 1); guest < end; guest += s->cluster_size) {
+        uint64_t entry;
+        enum cluster_kind kind;
+        int r = lookup(bs, guest, &entry, err);
+        if (r == 0)
+            r = classify(bs, entry, &kind, err);
+        if (r == 0 && kind == NORMAL)
+            r = qcow2_check_in_file(bs, entry & QCOW2_OFFSET_MASK, "data cluster", guest, err);
+        if (r < 0)
+            return r;
+    }
+    return 0;
 }
 
 int qcow2_read(struct bdrv_node *bs, uint64_t offset, uint8_t *buf, size_t len,
@@ -282,7 +324,9 @@ static bool all_zero(const uint8_t *p, size_t n)
 
 /* Write n bytes at in_off into host cluster host, whose other bytes must be
  * those of the old entry. A fresh cluster past the end of the file reads as
- * zeros already, so then only the new bytes are written. */
+ * zeros already, so then only the new bytes are written, and zeros (an
+ * fallocate) after them: the file must hold every cluster the tables map
+ * whole, or a truncated image could not be told from this one. */
 static int fill_cluster(struct bdrv_node *bs, uint64_t host, uint64_t in_off, const uint8_t *buf,
                         size_t n, uint64_t entry, enum cluster_kind kind, struct nv_error *err)
 {
@@ -295,8 +339,13 @@ static int fill_cluster(struct bdrv_node *bs, uint64_t host, uint64_t in_off, co
         int64_t end = bdrv_getlength(s->file, err);
         if (end < 0)
             return (int)end;
-        if (host >= (uint64_t)end)
-            return bdrv_pwrite(s->file, host + in_off, buf, n, err);
+        if (host >= (uint64_t)end) {
+            uint64_t tail = in_off + n;
+            int r = tail < s->cluster_size
+                        ? bdrv_pwrite_zeroes(s->file, host + tail, s->cluster_size - tail, err)
+                        : 0;
+            return r < 0 ? r : bdrv_pwrite(s->file, host + in_off, buf, n, err);
+        }
     }
     uint8_t *whole = malloc(s->cluster_size);
     if (!whole)
@@ -338,6 +387,8 @@ static int write_chunk(struct bdrv_node *bs, uint64_t guest, const uint8_t *buf,
         r = classify(bs, entry, &kind, err);
     if (r == 0)
         r = check_entry_target(bs, entry, kind, err);
+    if (r == 0 && kind == NORMAL) /* a zero cluster's content is known without the file */
+        r = qcow2_check_in_file(bs, entry & QCOW2_OFFSET_MASK, "data cluster", guest - in_off, err);
     if (r < 0)
         return r;
     uint64_t host = entry & QCOW2_OFFSET_MASK;

@@ -29,10 +29,11 @@ static int check_table(struct bdrv_node *bs, const char *what, uint64_t offset, 
     if (offset == 0 && len)
         return BAD("%s: %s offset is 0 (the header)", bs->filename, what);
     if (nv_add_overflow_u64(offset, len, &end) || end > file_len)
-        return BAD("%s: %s at offset %llu (%llu bytes) extends past the end of the file "
-                   "(%llu bytes)",
-                   bs->filename, what, (unsigned long long)offset, (unsigned long long)len,
-                   (unsigned long long)file_len);
+        return nv_error_set(err, -EUCLEAN, /* truncated, or pointing out of it: damage */
+                            "%s: %s at offset %llu (%llu bytes) extends past the end of the file "
+                            "(%llu bytes)",
+                            bs->filename, what, (unsigned long long)offset, (unsigned long long)len,
+                            (unsigned long long)file_len);
     return 0;
 }
 
@@ -135,12 +136,16 @@ static int parse_header(struct bdrv_node *bs, uint64_t file_len, struct nv_error
 {
     struct qcow2_state *s = bs->opaque;
     uint8_t h[112] = {0};
-    if (file_len < QCOW2_V2_HEADER_LEN)
-        return BAD("%s: not a qcow2 image: %llu bytes is shorter than a header", bs->filename,
-                   (unsigned long long)file_len);
     int r = bdrv_pread(s->file, 0, h, file_len < sizeof(h) ? file_len : sizeof(h), err);
     if (r < 0)
         return r;
+    if (file_len < QCOW2_V2_HEADER_LEN && file_len >= 4 && nv_be32(h) == QCOW2_MAGIC_BE)
+        return nv_error_set(
+            err, -EUCLEAN, "%s: the qcow2 header is cut short: %llu bytes is shorter than a header",
+            bs->filename, (unsigned long long)file_len);
+    if (file_len < QCOW2_V2_HEADER_LEN)
+        return BAD("%s: not a qcow2 image: %llu bytes is shorter than a header", bs->filename,
+                   (unsigned long long)file_len);
     if (nv_be32(h) != QCOW2_MAGIC_BE)
         return BAD("%s: not a qcow2 image (bad magic)", bs->filename);
     s->version = nv_be32(h + 4);
@@ -148,7 +153,7 @@ static int parse_header(struct bdrv_node *bs, uint64_t file_len, struct nv_error
         return nv_error_set(err, -ENOTSUP, "%s: qcow2 version %u is not supported (2 or 3)",
                             bs->filename, s->version);
     if (s->version == 3 && file_len < QCOW2_V3_HEADER_LEN)
-        return BAD("%s: version 3 header cut short", bs->filename);
+        return nv_error_set(err, -EUCLEAN, "%s: version 3 header cut short", bs->filename);
     s->cluster_bits = nv_be32(h + 20);
     if (s->cluster_bits < QCOW2_MIN_CLUSTER_BITS || s->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
         return BAD("%s: cluster_bits %u is outside %d..%d", bs->filename, s->cluster_bits,
@@ -250,9 +255,17 @@ static int check_entries(struct bdrv_node *bs, const char *what, const uint64_t 
         if (off && (off & (s->cluster_size - 1)))
             return BAD("%s: %s entry %llu: offset %llu is not cluster aligned", bs->filename, what,
                        (unsigned long long)i, (unsigned long long)off);
-        if (off && (off < s->cluster_size || off > file_len - 1))
+        if (off && off < s->cluster_size)
             return BAD("%s: %s entry %llu: offset %llu is outside the file", bs->filename, what,
                        (unsigned long long)i, (unsigned long long)off);
+        /* The table it points at must be in the file whole: a truncated
+         * image is damaged, not one whose tables end in zeros. */
+        if (off && (off > file_len || file_len - off < s->cluster_size))
+            return nv_error_set(err, -EUCLEAN,
+                                "%s: %s entry %llu: offset %llu is outside the file (%llu "
+                                "bytes): the image is truncated or corrupt",
+                                bs->filename, what, (unsigned long long)i, (unsigned long long)off,
+                                (unsigned long long)file_len);
     }
     return 0;
 }
@@ -690,6 +703,7 @@ const struct bdrv_driver bdrv_qcow2 = {
     .getlength = qcow2_getlength,
     .truncate = qcow2_truncate,
     .check = qcow2_check,
+    .check_mapped = qcow2_check_mapped,
     .create = qcow2_create,
     .reopen_check = qcow2_reopen_check,
     .invalidate = qcow2_invalidate,

@@ -180,6 +180,13 @@ int qcow2_check_overlap(struct bdrv_node *bs, uint64_t offset, uint64_t length, 
 int qcow2_write_header_fields(struct bdrv_node *bs, bool with_l1, struct nv_error *err);
 
 /* qcow2-cluster.c */
+/* -EUCLEAN unless the whole cluster at host lies inside the file: the tables
+ * map it, so what is missing was cut off (a read past the end would give
+ * zeros, and a truncated TPM would pass for a new one). guest: the guest
+ * offset it maps, for the message; UINT64_MAX for metadata. */
+int qcow2_check_in_file(struct bdrv_node *bs, uint64_t host, const char *what, uint64_t guest,
+                        struct nv_error *err);
+int qcow2_check_mapped(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err);
 int qcow2_read(struct bdrv_node *bs, uint64_t offset, uint8_t *buf, size_t len,
                struct nv_error *err);
 int qcow2_write(struct bdrv_node *bs, uint64_t offset, const uint8_t *buf, size_t len,

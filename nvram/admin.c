@@ -71,7 +71,7 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
     else
         r = nvram_read_super(bs, &nv.sb, &nv.sb_copy, info->superblock_valid, why, sizeof(why),
                              err);
-    if (r == -EUCLEAN || r == -ENOMEDIUM)
+    if ((r == -EUCLEAN || r == -ENOMEDIUM) && why[0])
         nv_error_set(err, r, "%s is not a usable nvtpm NVRAM: %s", bdrv_filename(bs), why);
     else if (r == -ENODATA)
         nv_error_set(err, r, "%s is blank: it holds no TPM state yet", bdrv_filename(bs));
@@ -81,6 +81,8 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
         r = (int)size;
     else if (nvram_super_extent(&nv.sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
         r = nv_error_set(err, -EUCLEAN, "%s: %s", bdrv_filename(bs), why);
+    else
+        r = bdrv_check_mapped(bs, 0, end, err);
     if (r == 0) {
         fill_info(&nv.sb, info);
         if (key && nv.sb.cipher != NVRAM_CIPHER_NONE) {
@@ -89,6 +91,11 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
         }
         r = inspect_blobs(&nv, info, err);
     }
+    int perm = info->blobs[NVRAM_PERMALL].current;
+    const struct nvram_slot_info *ps = info->blobs[NVRAM_PERMALL].slot;
+    if (r == 0 && ps[0].state != NVRAM_SLOT_DAMAGED &&
+        ps[1].state != NVRAM_SLOT_DAMAGED) /* damage is reported as such */
+        r = nvram_check_manufactured(bs, &nv.sb, perm, perm >= 0 && ps[perm].deleted, err);
     bdrv_unlock(bs, NULL);
     nvram_wipe(nv.data_key, sizeof(nv.data_key));
     if (nv.plain)

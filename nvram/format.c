@@ -180,7 +180,8 @@ int nvram_super_decode(const uint8_t *raw, struct nvram_super *sb, char *why, si
     sb->flags = raw[42];
     if (sb->tpm_version != 1 && sb->tpm_version != 2)
         return WHY("TPM version %u", sb->tpm_version);
-    if (sb->cipher > NVRAM_CIPHER_AES256_GCM || (sb->flags & ~NVRAM_SB_ENCRYPTING) ||
+    if (sb->cipher > NVRAM_CIPHER_AES256_GCM ||
+        (sb->flags & ~(NVRAM_SB_ENCRYPTING | NVRAM_SB_MANUFACTURED)) ||
         raw[43] != NVRAM_KEY_SLOTS || get32(raw + 44))
         return WHY("unknown cipher %u, flags 0x%x or key slot count %u", sb->cipher, sb->flags,
                    raw[43]);

@@ -11,6 +11,7 @@
 #define NVRAM_SLOT_AAD_SIZE    72u
 #define NVRAM_FORMAT_VERSION   1u
 #define NVRAM_SB_ENCRYPTING    0x01u
+#define NVRAM_SB_MANUFACTURED  0x02u /* permall was written: it never reads as absent */
 #define NVRAM_SLOT_DELETED     0x01u
 #define NVRAM_MAX_DATA_KEY     32u
 

@@ -29,13 +29,16 @@ void nvram_warn(const struct nvram_options *opts, const char *fmt, ...)
 }
 
 /* Both superblock copies: *copy is the current one. -ENODATA when both are
- * all zeros, -EUCLEAN when neither is valid (why says why). */
+ * all zeros, -EUCLEAN when neither is valid (why says why). When the read
+ * itself fails (the block layer's -EUCLEAN too: a truncated image), why is
+ * empty and err says what failed. */
 int nvram_read_super(struct bdrv_node *bs, struct nvram_super *sb, int *copy, bool valid[2],
                      char *why, size_t why_size, struct nv_error *err)
 {
     uint8_t raw[2][NVRAM_SB_SIZE];
     struct nvram_super cand[2];
     char reason[2][160];
+    why[0] = '\0';
     int r = bdrv_pread(bs, 0, raw, sizeof(raw), err);
     if (r < 0)
         return r;
@@ -143,6 +146,48 @@ static int new_super(struct nvram_super *sb, const struct nvram_options *opts, u
     return nvram_keyslot_fill(&sb->keys[0], opts->key, sb->uuid, 0, data_key, len, err);
 }
 
+/* On an image about to be formatted nothing refers to the clusters an
+ * earlier format that failed (a full disk) allocated: they are leaks. Give
+ * them back, so that this format reuses them rather than growing the file.
+ * Corrupt metadata is refused: formatting over it would spread the damage. */
+static int give_back_leaks(struct bdrv_node *bs, struct nv_error *err)
+{
+    struct bdrv_check_result res;
+    int r = bdrv_check(bs, &res, true, err);
+    if (r < 0)
+        return nv_error_prefix(err, r, "%s: checking the image before formatting it",
+                               bdrv_filename(bs));
+    if (res.corruptions)
+        return nv_error_set(err, -EUCLEAN,
+                            "%s: the image's metadata is corrupt (first: %s); refusing to "
+                            "format it",
+                            bdrv_filename(bs), res.first_problem);
+    return 0;
+}
+
+static int format_locked(struct bdrv_node *bs, const struct nvram_super *sb,
+                         const uint8_t *data_key, uint64_t end, struct nv_error *err)
+{
+    int r = give_back_leaks(bs, err);
+    if (r == 0)
+        r = write_zeros(bs, end, err);
+    if (r == 0)
+        r = bdrv_flush(bs, err);
+    if (r == 0)
+        r = nvram_write_super(bs, sb, 0, false, err);
+    if (r == 0)
+        r = nvram_write_super(bs, sb, 1, true, err);
+    if (r == 0)
+        r = write_markers(bs, sb, data_key, err);
+    if (r < 0) {
+        /* What this attempt allocated and could not use, given back now if
+         * the image takes writes again (else the next format does it). */
+        struct bdrv_check_result res;
+        bdrv_check(bs, &res, true, NULL);
+    }
+    return r;
+}
+
 int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct nv_error *err)
 {
     if (opts->tpm_version != 1 && opts->tpm_version != 2)
@@ -164,15 +209,7 @@ int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct 
     if (r == 0 && nvram_super_extent(&sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
         r = nv_error_set(err, -EMSGSIZE, "%s: %s", bdrv_filename(bs), why);
     if (r == 0 && (r = bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, lock_timeout(opts), err)) == 0) {
-        r = write_zeros(bs, end, err);
-        if (r == 0)
-            r = bdrv_flush(bs, err);
-        if (r == 0)
-            r = nvram_write_super(bs, &sb, 0, false, err);
-        if (r == 0)
-            r = nvram_write_super(bs, &sb, 1, true, err);
-        if (r == 0)
-            r = write_markers(bs, &sb, data_key, err);
+        r = format_locked(bs, &sb, data_key, end, err);
         bdrv_unlock(bs, NULL);
     }
     nvram_wipe(data_key, sizeof(data_key));
@@ -221,7 +258,7 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
     }
     if (r == -ENODATA)
         return nv_error_set(err, -ENODATA, "%s is blank: it holds no TPM state yet", img);
-    if (r == -EUCLEAN || r == -ENOMEDIUM)
+    if ((r == -EUCLEAN || r == -ENOMEDIUM) && why[0])
         return nv_error_set(err, r, "%s is not a usable nvtpm NVRAM: %s", img, why);
     if (r < 0)
         return r;
@@ -233,11 +270,32 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
         return (int)size;
     if (nvram_super_extent(&nv->sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
         return nv_error_set(err, -EUCLEAN, "%s: %s", img, why);
+    /* A truncated qcow2 image maps clusters past its end, which read as
+     * zeros: blank slots, an older version, a TPM served as new. */
+    if ((r = bdrv_check_mapped(nv->bs, 0, end, err)) < 0)
+        return r;
     if (opts->tpm_version && opts->tpm_version != nv->sb.tpm_version)
         return nv_error_set(err, -EMEDIUMTYPE, "%s holds a TPM %s state, not a TPM %s one", img,
                             nv->sb.tpm_version == 2 ? "2.0" : "1.2",
                             opts->tpm_version == 2 ? "2.0" : "1.2");
     return check_key(nv, opts, err);
+}
+
+int nvram_check_manufactured(struct bdrv_node *bs, const struct nvram_super *sb,
+                             int permall_current, bool permall_deleted, struct nv_error *err)
+{
+    if (!(sb->flags & NVRAM_SB_MANUFACTURED) || (permall_current >= 0 && !permall_deleted))
+        return 0;
+    return nv_error_set(err, -EUCLEAN,
+                        "%s: permall is %s, but the superblock says this TPM was manufactured: "
+                        "its state is damaged; refusing to start it blank",
+                        bdrv_filename(bs), permall_current < 0 ? "blank" : "marked deleted");
+}
+
+static int check_permall(struct nvram *nv, struct nv_error *err)
+{
+    return nvram_check_manufactured(nv->bs, &nv->sb, nv->blob[NVRAM_PERMALL].current,
+                                    nv->blob[NVRAM_PERMALL].deleted, err);
 }
 
 struct nvram *nvram_open(struct bdrv_node *bs, const struct nvram_options *opts,
@@ -257,6 +315,8 @@ struct nvram *nvram_open(struct bdrv_node *bs, const struct nvram_options *opts,
     int r = open_super(nv, opts ? opts : &none, err);
     for (int b = 0; r == 0 && b < NVRAM_BLOBS; b++)
         r = nvram_scan_blob(nv, (enum nvram_blob)b, NULL, NULL, err);
+    if (r == 0)
+        r = check_permall(nv, err);
     if (r < 0) {
         nvram_close(nv);
         return NULL;
@@ -274,7 +334,7 @@ int nvram_refresh(struct nvram *nv, struct nv_error *err)
     if (r < 0)
         return r;
     r = nvram_read_super(nv->bs, &sb, &copy, valid, why, sizeof(why), err);
-    if (r == -ENODATA || r == -EUCLEAN || r == -ENOMEDIUM)
+    if (r == -ENODATA || ((r == -EUCLEAN || r == -ENOMEDIUM) && why[0]))
         r = nv_error_set(err, r == -ENODATA ? -EUCLEAN : r, "%s no longer holds its NVRAM: %s", img,
                          r == -ENODATA ? "it is blank" : why);
     else if (r == 0 && (memcmp(sb.uuid, nv->sb.uuid, sizeof(sb.uuid)) != 0 ||
@@ -283,12 +343,22 @@ int nvram_refresh(struct nvram *nv, struct nv_error *err)
                          "%s is no longer the NVRAM this process opened (another process "
                          "replaced, reformatted or re-encrypted it)",
                          img);
+    uint64_t end;
+    int64_t size = r == 0 ? bdrv_getlength(nv->bs, err) : r;
+    if (size < 0)
+        r = (int)size;
+    else if (nvram_super_extent(&sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
+        r = nv_error_set(err, -EUCLEAN, "%s: %s", img, why);
+    else
+        r = bdrv_check_mapped(nv->bs, 0, end, err);
     if (r == 0) {
         nv->sb = sb;
         nv->sb_copy = copy;
     }
     for (int b = 0; r == 0 && b < NVRAM_BLOBS; b++)
         r = nvram_scan_blob(nv, (enum nvram_blob)b, NULL, NULL, err);
+    if (r == 0)
+        r = check_permall(nv, err);
     bdrv_unlock(nv->bs, NULL);
     return r;
 }
@@ -402,6 +472,7 @@ int nvram_scan_blob(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size
                             info[1].state == NVRAM_SLOT_BLANK ? "blank" : info[1].problem);
     nv->blob[blob].current = cur;
     nv->blob[blob].sequence = cur >= 0 ? info[cur].sequence : 0;
+    nv->blob[blob].deleted = cur >= 0 && info[cur].deleted;
     if (data && (cur < 0 || info[cur].deleted))
         return nv_error_set(err, -ENOENT, "%s: %s does not exist%s", img, name,
                             cur < 0 ? "" : " (deleted)");
@@ -467,6 +538,39 @@ static int seal_next(struct nvram *nv, enum nvram_blob blob, const uint8_t *data
                  : 0;
 }
 
+/* The superblock with the MANUFACTURED flag set or cleared, generation + 1,
+ * into the other copy (under the exclusive access lock); flushed with sync. */
+static int set_manufactured(struct nvram *nv, bool on, bool sync, struct nv_error *err)
+{
+    struct nvram_super sb = nv->sb;
+    sb.flags = (uint8_t)(on ? sb.flags | NVRAM_SB_MANUFACTURED : sb.flags & ~NVRAM_SB_MANUFACTURED);
+    sb.generation++;
+    int r = nvram_write_super(nv->bs, &sb, 1 - nv->sb_copy, sync, err);
+    if (r == 0) {
+        nv->sb = sb;
+        nv->sb_copy = 1 - nv->sb_copy;
+    }
+    return r;
+}
+
+/* Before a commit's slot is written. Deleting permall clears MANUFACTURED
+ * first, durably (a crash between leaves a flagless image with permall, as
+ * before the flag existed). Once a permall is on disk and durable, the next
+ * commit, of any blob, sets the flag in the same flush as its slot: a crash
+ * before that flush leaves the flag either way, with permall there, so a
+ * commit stays one flush, and the flag never outlives its permall. */
+static int update_manufactured(struct nvram *nv, enum nvram_blob blob, bool deleted,
+                               struct nv_error *err)
+{
+    bool flagged = nv->sb.flags & NVRAM_SB_MANUFACTURED;
+    bool permall = nv->blob[NVRAM_PERMALL].current >= 0 && !nv->blob[NVRAM_PERMALL].deleted;
+    if (blob == NVRAM_PERMALL && deleted)
+        return flagged ? set_manufactured(nv, false, !nv->opts.no_sync, err) : 0;
+    if (flagged || !permall || nv->opts.no_sync) /* without flushes nothing is known durable */
+        return 0;
+    return set_manufactured(nv, true, false, err);
+}
+
 int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, size_t length,
                  bool deleted, enum nvram_cipher cipher, struct nv_error *err)
 {
@@ -496,6 +600,8 @@ int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, si
         r = seal_next(nv, blob, data, length, deleted, cipher, on_disk, &target, &seq, &written,
                       err);
     if (r == 0)
+        r = update_manufactured(nv, blob, deleted, err);
+    if (r == 0)
         r = bdrv_pwrite(nv->bs, d->offset[target], nv->buf, written, err);
     if (r == 0 && !nv->opts.no_sync && (r = bdrv_flush(nv->bs, err)) < 0) {
         /* The new slot may be readable although it is not durable: blank its
@@ -510,6 +616,7 @@ int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, si
         return nv_error_prefix(err, r, "committing %s", nvram_blob_name(blob));
     nv->blob[blob].current = target;
     nv->blob[blob].sequence = seq;
+    nv->blob[blob].deleted = deleted;
     return 0;
 }
 

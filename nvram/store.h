@@ -16,6 +16,7 @@ struct nvram {
     struct {
         int current; /* the slot holding the current version, -1: none */
         uint64_t sequence;
+        bool deleted; /* the current version is a DELETED slot */
     } blob[NVRAM_BLOBS];
     uint8_t *buf, *plain; /* a slot's bytes, and its plaintext */
     size_t buf_size;
@@ -37,6 +38,10 @@ int nvram_scan_blob(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size
  * and sequence read anew under the exclusive access lock. -ESTALE when the
  * image is no longer this NVRAM (another UUID, cipher or TPM version). */
 int nvram_refresh(struct nvram *nv, struct nv_error *err);
+/* -EUCLEAN when the superblock says the TPM was manufactured but permall
+ * (permall_current, permall_deleted: as loading sees it) does not exist. */
+int nvram_check_manufactured(struct bdrv_node *bs, const struct nvram_super *sb,
+                             int permall_current, bool permall_deleted, struct nv_error *err);
 int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, size_t length,
                  bool deleted, enum nvram_cipher cipher, struct nv_error *err);
 

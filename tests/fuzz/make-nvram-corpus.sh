@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make-nvram-corpus.sh - (re)create the seed corpus of the nvram fuzz target:
 # real superblocks (plain, encrypted with a raw key and with a passphrase)
-# each followed by a real slot, cut from images nvtpm made. Needs a build in
-# build/. The result is committed.
+# each followed by a real slot, cut from images nvtpm made, and the same
+# truncated: inside the superblock, inside the slot's header, inside its
+# payload. Needs a build in build/. The result is committed.
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 NVTPM=$top/build/cli/nvtpm IO=$top/build/tests/tools/nvram-io
@@ -28,4 +29,9 @@ cut "$tmp/p.qcow2" $((640 * 1024)) 4096 plain-deleted-marker
 cut "$tmp/e.qcow2" 65536 4296 encrypted-permall
 "$NVTPM" create --key "pwdfile=$tmp/pw,iterations=1000" "$tmp/w.qcow2" >/dev/null
 cut "$tmp/w.qcow2" $((640 * 1024)) 4096 passphrase-marker
+for seed in plain-permall encrypted-permall; do
+    head -c 2000 "$out/$seed" >"$out/truncated-super-$seed"
+    head -c $((4096 + 60)) "$out/$seed" >"$out/truncated-header-$seed"
+    head -c $((4096 + 4096 + 150)) "$out/$seed" >"$out/truncated-payload-$seed"
+done
 ls -l "$out"
