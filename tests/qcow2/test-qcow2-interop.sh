@@ -179,6 +179,27 @@ expect_exit 1 "bitmaps: a write whose header update fails fails" -- \
     "$IO" -c 'write -P 0x22 1M 4k' "faults:write=1:EIO:$T/bitmap-eio.qcow2"
 [ "$(md5sum <"$T/bitmap-eio.qcow2")" = "$before" ] && pass "bitmaps: and writes nothing, the bit still set" \
     || fail "bitmaps: and writes nothing, the bit still set" "autoclear $(autoclear "$T/bitmap-eio.qcow2")"
+# The order on the file: the header (the bit cleared) and a flush come before
+# anything else the write changes (faults' write log: kind, length, offset).
+cp "$T/bitmap-eio.qcow2" "$T/bitmap-order.qcow2" # untouched: its bit is set
+[ "$(autoclear "$T/bitmap-order.qcow2")" = 1 ] || fail "bitmaps: a copy with the bit set" "$(autoclear "$T/bitmap-order.qcow2")"
+"$IO" -c 'write -P 0x23 2M 4k' "faults:log=$T/order.wlog:$T/bitmap-order.qcow2" >/dev/null 2>&1
+python3 - "$T/order.wlog" <<'PY' && pass "bitmaps: the header (bit cleared) and a flush reach the file before the write" \
+    || fail "bitmaps: the header (bit cleared) and a flush reach the file before the write" "$(cat "$T/order.txt")"
+import struct, sys
+d = open(sys.argv[1], 'rb').read()
+assert d[:8] == b'NVTWLOG1'
+recs, off = [], 8
+while off + 16 <= len(d):
+    kind, length, where = struct.unpack('=IIQ', d[off:off + 16])
+    recs.append((kind, length, where, d[off + 16:off + 16 + length] if kind == 1 else b''))
+    off += 16 + (length if kind == 1 else 0)
+open(sys.argv[1].replace('order.wlog', 'order.txt'), 'w').write(repr([r[:3] for r in recs]))
+assert len(recs) >= 3, recs
+(k0, _, o0, h), (k1, _, _, _) = recs[0], recs[1]
+assert k0 == 1 and o0 == 0 and len(h) >= 96 and struct.unpack('>Q', h[88:96])[0] & 1 == 0, recs[0][:3]
+assert k1 == 2, recs[1][:3]
+PY
 expect_exit 0 "bitmaps: a resize" -- "$IO" -c 'truncate 8M' "$T/bitmap-rw.qcow2"
 [ "$(autoclear "$T/bitmap-rw.qcow2")" = 0 ] && pass "bitmaps: the resize cleared the autoclear bit first" \
     || fail "bitmaps: the resize cleared the autoclear bit first" "autoclear $(autoclear "$T/bitmap-rw.qcow2")"

@@ -240,6 +240,17 @@ def cut_off(kind, tmp):
           f'{kind}: the next control client is answered', caps.hex())
     rsp, took = getrandom(srv.data)
     check(answered(rsp), f'{kind}: and the data channel still is', rsp.hex())
+    caps = b''
+    try:  # a request in pieces, well within any deadline, is put together
+        with unix(srv.ctrl) as c:
+            for byte in GET_CAPABILITY:
+                c.sendall(bytes([byte]))
+                time.sleep(0.05)
+            caps = c.recv(64)
+    except OSError as e:
+        caps = str(e).encode()
+    check(len(caps) == 8 and caps[:4] == b'\0\0\0\0',
+          f'{kind}: a control request sent a byte at a time is answered', caps.hex())
     srv.proc.terminate()
     try:
         rc = srv.proc.wait(10)
