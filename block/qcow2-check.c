@@ -20,7 +20,7 @@ struct check {
     uint64_t file_len;
     bool bitmaps_unknown;        /* the bitmaps' clusters could not all be found */
     uint64_t bitmap_table_bytes; /* read so far: distinct tables fit in the file */
-    bool past_eof; /* something is referenced past the end of the file (truncated) */
+    bool past_eof;               /* something is referenced past the end of the file (truncated) */
 };
 
 static void problem(struct check *c, bool leak, const char *fmt, ...)

@@ -45,7 +45,6 @@ int cli_parse_key(const char *option, const char *spec, struct nvram_key *key);
 /* --cipher aes-256-gcm|aes-128-gcm; returns an exit code (0 on success). */
 int cli_parse_cipher(const char *name, enum nvram_cipher *cipher);
 
-
 /* Create the qcow2 image img (never over an existing file; mode 0: 0600) and
  * format its NVRAM with opts; *out is left open, owned. On failure the new
  * file is removed and the exit code returned (the message printed). */
