@@ -72,6 +72,11 @@ int bdrv_pwrite(struct bdrv_node *bs, uint64_t offset, const void *buf, size_t l
 int bdrv_flush(struct bdrv_node *bs, struct nv_error *err);
 int64_t bdrv_getlength(struct bdrv_node *bs, struct nv_error *err);
 int bdrv_truncate(struct bdrv_node *bs, uint64_t length, struct nv_error *err);
+/* Reserve disk space for len more bytes past the end of the file under bs,
+ * its size unchanged, so that writes that grow it by up to len cannot fail
+ * halfway on a full disk (-ENOSPC now instead, nothing changed); len 0
+ * gives back what is left. A file system that cannot reserve is fine (0). */
+int bdrv_reserve(struct bdrv_node *bs, uint64_t len, struct nv_error *err);
 
 /* Write zeros; formats that can (qcow2 v3) mark whole clusters as zero. */
 int bdrv_pwrite_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err);

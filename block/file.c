@@ -382,6 +382,30 @@ static int file_truncate(struct bdrv_node *bs, uint64_t length, struct nv_error 
     return 0;
 }
 
+/* Disk space for len more bytes past the end of the file, reserved without
+ * changing its size, so that writes growing the file into it cannot meet a
+ * full disk halfway (len 0: what is left of it is given back). A file system
+ * that cannot reserve just does not: the writes find out as before. */
+static int file_reserve(struct bdrv_node *bs, uint64_t len, struct nv_error *err)
+{
+    int fd = state(bs)->fd;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return nv_error_set(err, -errno, "%s: %s", bs->filename, strerror(errno));
+    if (!S_ISREG(st.st_mode) || len > INT64_MAX)
+        return 0; /* a block device's space is its size */
+    int mode = FALLOC_FL_KEEP_SIZE | (len ? 0 : FALLOC_FL_PUNCH_HOLE);
+    off_t span = len ? (off_t)len : INT64_MAX - st.st_size;
+    int r;
+    do {
+        r = fallocate(fd, mode, st.st_size, span);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0 && len && errno != EOPNOTSUPP && errno != ENOSYS)
+        return nv_error_set(err, -errno, "%s: cannot reserve %llu bytes of disk space: %s",
+                            bs->filename, (unsigned long long)len, strerror(errno));
+    return 0;
+}
+
 static int file_lock_fd(struct bdrv_node *bs)
 {
     return state(bs)->fd;
@@ -493,7 +517,7 @@ static int file_check_writable(struct bdrv_node *bs, struct nv_error *err)
 #define FILE_DRIVER_OPS                                                                            \
     .is_protocol = true, .state_size = sizeof(struct file_state), .close = file_close,             \
     .pread = file_pread, .pwrite = file_pwrite, .flush = file_flush, .getlength = file_getlength,  \
-    .truncate = file_truncate, .pwrite_zeroes = file_pwrite_zeroes, .lock_fd = file_lock_fd,       \
+    .truncate = file_truncate, .reserve = file_reserve, .pwrite_zeroes = file_pwrite_zeroes, .lock_fd = file_lock_fd,       \
     .set_cache = file_set_cache, .open_done = file_open_done, .extract_fds = file_extract_fds,     \
     .reopen_prepare = file_reopen_prepare, .reopen_commit = file_reopen_commit,                    \
     .reopen_abort = file_reopen_abort, .check_writable = file_check_writable

@@ -31,6 +31,8 @@ struct bdrv_driver {
     int (*flush)(struct bdrv_node *bs, struct nv_error *err);
     int64_t (*getlength)(struct bdrv_node *bs, struct nv_error *err);
     int (*truncate)(struct bdrv_node *bs, uint64_t length, struct nv_error *err);
+    /* Protocol: reserve disk space past the end (bdrv_reserve). */
+    int (*reserve)(struct bdrv_node *bs, uint64_t len, struct nv_error *err);
     int (*pwrite_zeroes)(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err);
     int (*check)(struct bdrv_node *bs, struct bdrv_check_result *res, bool repair_leaks,
                  struct nv_error *err);

@@ -215,6 +215,15 @@ int bdrv_truncate(struct bdrv_node *bs, uint64_t length, struct nv_error *err)
     return bs->drv->truncate(bs, length, err);
 }
 
+int bdrv_reserve(struct bdrv_node *bs, uint64_t len, struct nv_error *err)
+{
+    struct bdrv_node *leaf = bdrv_leaf(bs);
+    int r = check_writable(leaf, err);
+    if (r < 0 || !leaf->drv->reserve)
+        return r;
+    return leaf->drv->reserve(leaf, len, err);
+}
+
 int bdrv_pwrite_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len, struct nv_error *err)
 {
     int r = check_writable(bs, err);

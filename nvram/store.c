@@ -168,7 +168,11 @@ static int give_back_leaks(struct bdrv_node *bs, struct nv_error *err)
 static int format_locked(struct bdrv_node *bs, const struct nvram_super *sb,
                          const uint8_t *data_key, uint64_t end, struct nv_error *err)
 {
-    int r = give_back_leaks(bs, err);
+    /* The space first: a full disk then fails the format before it has
+     * allocated anything (a quarter again on top for the metadata). */
+    int r = bdrv_reserve(bs, end + end / 4, err);
+    if (r == 0)
+        r = give_back_leaks(bs, err);
     if (r == 0)
         r = write_zeros(bs, end, err);
     if (r == 0)
@@ -185,6 +189,7 @@ static int format_locked(struct bdrv_node *bs, const struct nvram_super *sb,
         struct bdrv_check_result res;
         bdrv_check(bs, &res, true, NULL);
     }
+    bdrv_reserve(bs, 0, NULL);
     return r;
 }
 

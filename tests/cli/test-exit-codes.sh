@@ -105,6 +105,19 @@ if mount -t tmpfs -o size=2m tmpfs "$M"; then
     [ "$got" = 9 ] && pass "full disk: socket exits 9" || fail "full disk: socket exits 9" "exit $got: $(cat "$T/err")"
     [ ! -e "$M/srv.qcow2" ] && pass "socket leaves no half-made image" ||
         fail "socket leaves no half-made image" "$(ls -l "$M")"
+    # a blank image there, formatted by the server on a disk too full for it
+    qemu-img create -q -f qcow2 "$M/blank.qcow2" 4M
+    head -c 1000000 /dev/zero >"$M/filler0"
+    s=$(stamp "$M/blank.qcow2")
+    socket_exit "$M/blank.qcow2" && got=0 || got=$?
+    [ "$got" = 9 ] && pass "full disk: formatting a blank image fails, 9" ||
+        fail "full disk: formatting a blank image fails, 9" "exit $got: $(cat "$T/err")"
+    [ "$(stamp "$M/blank.qcow2")" = "$s" ] && pass "the blank image is left as it was" ||
+        fail "the blank image is left as it was"
+    "$NVTPM" check "$M/blank.qcow2" >"$T/out" 2>&1 && pass "and holds no leaked cluster" ||
+        fail "and holds no leaked cluster" "$(cat "$T/out")"
+    rm -f "$M/filler0"
+    rm -f "$M/blank.qcow2"
     # export: an image with state, the folder's file system full
     serve_nvtpm "$T/state.qcow2" --flags not-need-init,startup-clear
     stop_server TERM
