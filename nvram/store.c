@@ -193,7 +193,10 @@ static int format_locked(struct bdrv_node *bs, const struct nvram_super *sb,
     return r;
 }
 
-int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct nv_error *err)
+/* Formats the image; *sb and data_key are what it wrote (an opener that just
+ * formatted needs not derive the data key again from a passphrase). */
+static int format_image(struct bdrv_node *bs, const struct nvram_options *opts,
+                        struct nvram_super *sb, uint8_t *data_key, struct nv_error *err)
 {
     if (opts->tpm_version != 1 && opts->tpm_version != 2)
         return nv_error_set(err, -EINVAL, "%s: formatting needs a TPM version (1.2 or 2.0)",
@@ -206,17 +209,23 @@ int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct 
                             "%s is too small for a TPM's NVRAM: %lld bytes, at "
                             "least %u needed",
                             bdrv_filename(bs), (long long)size, NVRAM_MIN_DISK_SIZE);
-    struct nvram_super sb;
-    uint8_t data_key[NVRAM_MAX_DATA_KEY];
     uint64_t end;
     char why[160];
-    int r = new_super(&sb, opts, data_key, err);
-    if (r == 0 && nvram_super_extent(&sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
+    int r = new_super(sb, opts, data_key, err);
+    if (r == 0 && nvram_super_extent(sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
         r = nv_error_set(err, -EMSGSIZE, "%s: %s", bdrv_filename(bs), why);
     if (r == 0 && (r = bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, lock_timeout(opts), err)) == 0) {
-        r = format_locked(bs, &sb, data_key, end, err);
+        r = format_locked(bs, sb, data_key, end, err);
         bdrv_unlock(bs, NULL);
     }
+    return r;
+}
+
+int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct nv_error *err)
+{
+    struct nvram_super sb;
+    uint8_t data_key[NVRAM_MAX_DATA_KEY];
+    int r = format_image(bs, opts, &sb, data_key, err);
     nvram_wipe(data_key, sizeof(data_key));
     return r;
 }
@@ -254,11 +263,14 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
                             "%s is too small for a TPM's NVRAM: %lld bytes, at "
                             "least %u needed",
                             img, (long long)size, NVRAM_MIN_DISK_SIZE);
+    struct nvram_super made;
+    bool formatted = false;
     int r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
     if (r == -ENODATA && opts->format_blank) {
         if ((r = check_blank(nv->bs, NVRAM_MIN_DISK_SIZE, err)) < 0 ||
-            (r = nvram_format(nv->bs, opts, err)) < 0)
+            (r = format_image(nv->bs, opts, &made, nv->data_key, err)) < 0)
             return r;
+        formatted = true;
         r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
     }
     if (r == -ENODATA)
@@ -283,6 +295,13 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
         return nv_error_set(err, -EMEDIUMTYPE, "%s holds a TPM %s state, not a TPM %s one", img,
                             nv->sb.tpm_version == 2 ? "2.0" : "1.2",
                             opts->tpm_version == 2 ? "2.0" : "1.2");
+    /* The superblock this open wrote: its data key is at hand, and a
+     * passphrase's slot is not derived a second time (PBKDF2 costs most of
+     * an encrypted first start; swtpm_setup waits 5 s for the pid file). */
+    if (formatted && memcmp(made.uuid, nv->sb.uuid, sizeof(made.uuid)) == 0) {
+        nv->key_slot = nv->sb.cipher == NVRAM_CIPHER_NONE ? -1 : 0;
+        return 0;
+    }
     return check_key(nv, opts, err);
 }
 

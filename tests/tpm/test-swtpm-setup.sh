@@ -31,6 +31,14 @@ SETUP_ARGS=(--tpm2 --vmid "$VMID" --logfile "$T/setup.log" --createek --create-e
 printf 'libvirt secret value' >"$T/pw"
 printf 'not the secret' >"$T/pw-wrong"
 
+# setup_ok NAME -- COMMAND...: swtpm_setup exits 0. It reports only into its
+# --logfile (an exit 1 says nothing else), so a failure shows that log's end.
+setup_ok() {
+    local before=$failed
+    expect_exit 0 "$@"
+    [ "$failed" = "$before" ] || tail -8 "$T/setup.log" | sed 's/^/  setup.log: /'
+}
+
 # serve PROGRAM DIR [ARGS...]: `PROGRAM socket` on DIR with libvirt's
 # --tpmstate and --log, the channels on TCP ports P and P+1 (tpm2-tools' swtpm
 # TCTI wants both); SERVER_PID is set
@@ -79,7 +87,7 @@ sums() { sha256sum "$1"/tpm2-00.* 2>/dev/null; }
 
 # --- 1. swtpm_setup --tpm "nvtpm socket" ----------------------------------------------------------
 mkdir "$T/a"
-expect_exit 0 "swtpm_setup --tpm 'nvtpm socket' with libvirt's arguments" -- \
+setup_ok "swtpm_setup --tpm 'nvtpm socket' with libvirt's arguments" -- \
     swtpm_setup --tpm "$NVTPM socket" --tpm-state "$T/a" "${SETUP_ARGS[@]}"
 [ -f "$T/a/tpm-00.qcow2" ] && [ ! -e "$T/a/tpm2-00.permall" ] && pass "the state is nvtpm's image in the folder" ||
     fail "the state is nvtpm's image in the folder" "$(ls -la "$T/a")"
@@ -89,7 +97,7 @@ out=$("$COMPAT/swtpm" socket --tpm2 --print-states --tpmstate "dir=$T/a")
 [[ "$out" =~ ^\{\ \"type\":\ \"swtpm\",\ \"states\":\ \[\ \{\"name\":\ \"permall\",\ \"size\":\ [0-9]+\}\ \]\ \}$ ]] &&
     pass "--print-states: swtpm's text, the permall there" || fail "--print-states: swtpm's text, the permall there" "$out"
 sum=$(sha256sum <"$T/a/tpm-00.qcow2")
-expect_exit 0 "swtpm_setup --not-overwrite on it again: exit 0" -- \
+setup_ok "swtpm_setup --not-overwrite on it again: exit 0" -- \
     swtpm_setup --tpm "$NVTPM socket" --tpm-state "$T/a" "${SETUP_ARGS[@]}"
 [ "$(sha256sum <"$T/a/tpm-00.qcow2")" = "$sum" ] && pass "and the TPM is left as it was" || fail "and the TPM is left as it was"
 for run in 1 2; do
@@ -101,7 +109,7 @@ done
 
 # --- 2. as libvirt runs it: swtpm from the PATH, encrypted ----------------------------------------
 mkdir "$T/b"
-expect_exit 0 "PATH=compat: swtpm_setup --pwdfile-fd --cipher aes-256-cbc (libvirt's encrypted TPM)" -- \
+setup_ok "PATH=compat: swtpm_setup --pwdfile-fd --cipher aes-256-cbc (libvirt's encrypted TPM)" -- \
     env PATH="$COMPAT:$PATH" swtpm_setup --tpm-state "$T/b" --pwdfile-fd 3 --cipher aes-256-cbc \
     "${SETUP_ARGS[@]}" 3<"$T/pw"
 "$NVTPM" info "$T/b/tpm-00.qcow2" 2>&1 | grep -q "^encryption: aes-256-gcm" && pass "nvtpm made an encrypted image" ||
@@ -117,7 +125,7 @@ expect_exit 5 "encrypted, a wrong key: exit 5" -- "$COMPAT/swtpm" socket --tpm2 
 
 # --- 3. a TPM real swtpm made and used, then served by nvtpm -------------------------------------
 mkdir "$T/c"
-expect_exit 0 "swtpm_setup with real swtpm" -- swtpm_setup --tpm "$(command -v swtpm) socket" --tpm-state "$T/c" "${SETUP_ARGS[@]}"
+setup_ok "swtpm_setup with real swtpm" -- swtpm_setup --tpm "$(command -v swtpm) socket" --tpm-state "$T/c" "${SETUP_ARGS[@]}"
 serve swtpm "$T/c"
 boots "under swtpm"
 ek_matches "under swtpm" swtpm
@@ -171,7 +179,7 @@ stop "nvtpm stops"
 
 # --- 5. swtpm's encrypted files -------------------------------------------------------------------
 mkdir "$T/d"
-expect_exit 0 "swtpm_setup with real swtpm, encrypted (--pwdfile)" -- swtpm_setup --tpm "$(command -v swtpm) socket" \
+setup_ok "swtpm_setup with real swtpm, encrypted (--pwdfile)" -- swtpm_setup --tpm "$(command -v swtpm) socket" \
     --tpm-state "$T/d" --pwdfile "$T/pw" --cipher aes-256-cbc "${SETUP_ARGS[@]}"
 serve swtpm "$T/d" --key "pwdfile=$T/pw,mode=aes-256-cbc"
 boots "encrypted under swtpm"
