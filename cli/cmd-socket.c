@@ -19,6 +19,7 @@
 #include "fdstash.h"
 #include "migration.h"
 #include "nvram.h"
+#include "server.h"
 #include "tpm.h"
 
 /* The key material, in pages of its own that core dumps leave out

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "server.h"
 #include "tpm.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

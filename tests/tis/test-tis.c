@@ -1,4 +1,4 @@
-/* test-tis.c - conformance of the TIS register model (tpm/tis.c) with the
+/* test-tis.c - conformance of the TIS register model (tis/tis.c) with the
  * TCG PC Client PTP FIFO interface, against a scripted backend. Each test
  * names the rule it checks. */
 #include <errno.h>

@@ -1,6 +1,6 @@
-/* ctrl.h - the control channel's protocol (swtpm's), private to tpm/. */
-#ifndef NVTPM_TPM_CTRL_H
-#define NVTPM_TPM_CTRL_H
+/* ctrl.h - the control channel's protocol (swtpm's), private to server/. */
+#ifndef NVTPM_SERVER_CTRL_H
+#define NVTPM_SERVER_CTRL_H
 
 #include <stddef.h>
 #include <stdint.h>

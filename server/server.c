@@ -5,7 +5,7 @@
  * control channel, the listening sockets, the MS simulator's platform port
  * and the signals, so that cancel, locality and status answer while a slow
  * command runs. One data client and one control client at a time. */
-#include "server.h"
+#include "server-internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,10 +1,10 @@
-/* server.h - what the server's files share, private to tpm/. */
-#ifndef NVTPM_TPM_SERVER_H
-#define NVTPM_TPM_SERVER_H
+/* server-internal.h - what the server's files share, private to server/. */
+#ifndef NVTPM_SERVER_INTERNAL_H
+#define NVTPM_SERVER_INTERNAL_H
 
 #include <stdbool.h>
 
-#include "tpm.h"
+#include "server.h"
 
 /* Open a channel's socket: a listening one (*connected false) or, for
  * inherited descriptors, possibly a connected one (*connected true); the data

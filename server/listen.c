@@ -1,7 +1,7 @@
 /* listen.c - the server's sockets: TCP (127.0.0.1 unless told), UNIX (mode
  * 0600 unless told) and inherited descriptors (seed 004: the management side
  * creates the socket and connects once, no retry loop). */
-#include "server.h"
+#include "server-internal.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
