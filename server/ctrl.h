@@ -33,8 +33,29 @@ enum ctrl_command {
 /* HASH_DATA takes as much as a request holds (swtpm takes 8 KiB and more) */
 #define CTRL_HASH_DATA_MAX (CTRL_MAX_REQUEST - 8u)
 
+/* The TPM the control channel drives, with tpm_backend_*'s meanings: the
+ * server gives the backend's functions; the fuzz target a model of its own. */
+struct ctrl_tpm_ops {
+    bool (*running)(void);
+    int (*version)(void);
+    uint32_t (*start)(bool delete_volatile);
+    uint32_t (*stop)(bool orderly);
+    void (*cancel)(void);
+    uint32_t (*get_established)(bool *established);
+    uint32_t (*reset_established)(uint8_t locality);
+    uint32_t (*hash_start)(void);
+    uint32_t (*hash_data)(const uint8_t *data, uint32_t len);
+    uint32_t (*hash_end)(void);
+    uint32_t (*store_volatile)(void);
+    uint32_t (*get_state)(int type, uint8_t **blob, uint32_t *len);
+    uint32_t (*set_state)(int type, const uint8_t *blob, uint32_t len);
+    uint32_t (*set_buffer_size)(uint32_t wanted, uint32_t *size, uint32_t *min, uint32_t *max);
+    char *(*info)(uint64_t flags);
+};
+
 /* What the server offers the handler. */
 struct ctrl_env {
+    const struct ctrl_tpm_ops *tpm;
     void *opaque;
     uint8_t *locality; /* the data channel's locality */
     bool reject_locality_4;

@@ -484,9 +484,29 @@ static void conn_refuse(struct ctrl_conn *c)
     c->close_after = true;
 }
 
+/* The control channel drives the backend. */
+static const struct ctrl_tpm_ops backend_ops = {
+    .running = tpm_backend_running,
+    .version = tpm_backend_version,
+    .start = tpm_backend_start,
+    .stop = tpm_backend_stop,
+    .cancel = tpm_backend_cancel,
+    .get_established = tpm_backend_get_established,
+    .reset_established = tpm_backend_reset_established,
+    .hash_start = tpm_backend_hash_start,
+    .hash_data = tpm_backend_hash_data,
+    .hash_end = tpm_backend_hash_end,
+    .store_volatile = tpm_backend_store_volatile,
+    .get_state = tpm_backend_get_state,
+    .set_state = tpm_backend_set_state,
+    .set_buffer_size = tpm_backend_set_buffer_size,
+    .info = tpm_backend_info,
+};
+
 static void conn_handle(struct server *s, struct ctrl_conn *c)
 {
-    struct ctrl_env env = {.opaque = s,
+    struct ctrl_env env = {.tpm = &backend_ops,
+                           .opaque = s,
                            .locality = &s->locality,
                            .reject_locality_4 = s->cfg->reject_locality_4,
                            .file_key = s->cfg->file_key,
