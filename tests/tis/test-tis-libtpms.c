@@ -19,7 +19,9 @@
 #include <cmocka.h>
 #include <openssl/evp.h>
 
+#include "nvram.h"
 #include "tis.h"
+#include "util.h"
 
 enum {
     ACCESS = 0x00,
