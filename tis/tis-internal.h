@@ -7,6 +7,7 @@
 #include <pthread.h>
 
 #include "tis.h"
+#include "util.h"
 
 /* Registers, by offset inside a locality's page. */
 enum {

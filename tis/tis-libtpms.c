@@ -145,10 +145,33 @@ static int open_storage(struct tis_libtpms *d, int tpm_version, const char *path
     return 0;
 }
 
+struct nvram_key *tis_key_new(const char *spec, struct nv_error *err)
+{
+    struct nvram_key *key = nv_secret_alloc(sizeof(*key));
+    if (!key) {
+        nv_error_set(err, errno, "cannot allocate memory for a key");
+        return NULL;
+    }
+    if (nvram_key_parse(spec, key, err) < 0) {
+        tis_key_free(key);
+        return NULL;
+    }
+    return key;
+}
+
+void tis_key_free(struct nvram_key *key)
+{
+    if (key)
+        nv_secret_free(key, sizeof(*key)); /* wipes */
+}
+
 struct tis *tis_new_libtpms(const struct tis_config *cfg, const char *path,
                             const struct nvram_key *key, void (*set_irq)(void *, int),
                             void *irq_opaque, struct nv_error *err)
 {
+    struct nv_error ignored = {0};
+    if (!err)
+        err = &ignored; /* open_storage reads the code back */
     static const struct tis_ops ops = {.execute = op_execute,
                                        .set_irq = op_set_irq,
                                        .cancel = op_cancel,

@@ -502,3 +502,24 @@ void tis_free(struct tis *t)
     pthread_mutex_destroy(&t->lock);
     free(t);
 }
+
+/* The error object for users of the public API, who see it opaque. */
+struct nv_error *tis_error_new(void)
+{
+    return calloc(1, sizeof(struct nv_error));
+}
+
+void tis_error_free(struct nv_error *err)
+{
+    free(err);
+}
+
+int tis_error_code(const struct nv_error *err)
+{
+    return err->code;
+}
+
+const char *tis_error_message(const struct nv_error *err)
+{
+    return err->code ? err->msg : "";
+}

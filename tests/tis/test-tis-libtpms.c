@@ -19,7 +19,9 @@
 #include <cmocka.h>
 #include <openssl/evp.h>
 
+#include "nvram.h"
 #include "tis.h"
+#include "util.h"
 
 enum {
     ACCESS = 0x00,
@@ -273,6 +275,55 @@ static void test_state_persists(void **state)
     assert_int_equal(rc_of(rsp), 0x14c); /* TPM_RC_NV_DEFINED */
 }
 
+/* The public API's key and error objects (tis_key_new, tis_error_*), on an
+ * encrypted image: the key is needed at every open, and only then. */
+static void test_encrypted_image(void **state)
+{
+    (void)state;
+    char path[300], keyfile[300], spec[700];
+    snprintf(path, sizeof(path), "%s.enc", image);
+    snprintf(keyfile, sizeof(keyfile), "%s.key", image);
+    FILE *f = fopen(keyfile, "w");
+    assert_non_null(f);
+    fputs("00112233445566778899aabbccddeeff\n", f);
+    fclose(f);
+    snprintf(spec, sizeof(spec), "file=%s,format=hex", keyfile);
+    struct nv_error *err = tis_error_new();
+    assert_non_null(err);
+    assert_string_equal(tis_error_message(err), "");
+    /* Rule: a key that cannot be read is an error that names it. */
+    assert_null(tis_key_new("file=/nonexistent/key", err));
+    assert_true(tis_error_code(err) < 0);
+    assert_non_null(strstr(tis_error_message(err), "/nonexistent/key"));
+    struct nvram_key *key = tis_key_new(spec, err);
+    assert_non_null(key);
+    tis_free(dev);
+    struct tis_config cfg = {.tpm_version = 2};
+    /* Rule: the key is only used while the device is made. */
+    dev = tis_new_libtpms(&cfg, path, key, on_irq, NULL, err);
+    tis_key_free(key);
+    assert_non_null(dev);
+    tis_free(dev);
+    /* Rule: the image made with a key opens with it only. */
+    dev = tis_new_libtpms(&cfg, path, NULL, on_irq, NULL, err);
+    assert_null(dev);
+    assert_int_equal(tis_error_code(err), -ENOKEY);
+    snprintf(spec, sizeof(spec), "pwdfile=%s", keyfile); /* another key */
+    key = tis_key_new(spec, err);
+    assert_non_null(key);
+    assert_null(tis_new_libtpms(&cfg, path, key, on_irq, NULL, err));
+    assert_int_equal(tis_error_code(err), -EKEYREJECTED);
+    tis_key_free(key);
+    snprintf(spec, sizeof(spec), "file=%s,format=hex", keyfile);
+    key = tis_key_new(spec, err);
+    dev = tis_new_libtpms(&cfg, path, key, on_irq, NULL, NULL); /* err may be NULL */
+    tis_key_free(key);
+    assert_non_null(dev);
+    tis_error_free(err);
+    unlink(path);
+    unlink(keyfile);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -306,6 +357,7 @@ int main(void)
         cmocka_unit_test(test_interrupt_driven_locality2),
         cmocka_unit_test(test_locality4_hash),
         cmocka_unit_test(test_state_persists),
+        cmocka_unit_test(test_encrypted_image),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

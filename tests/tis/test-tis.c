@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "tis.h"
+#include "util.h"
 
 enum {
     ACCESS = 0x00,

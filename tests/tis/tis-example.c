@@ -2,6 +2,7 @@
  * TPM 2.0 whose state lives in the NVRAM image IMG (created if absent), driven
  * through its registers the way a guest driver does. Sends TPM2_Startup(CLEAR)
  * and TPM2_GetRandom(8) and prints the 8 random bytes as 16 hex digits.
+ * Built as a VMM is: <nvtpm/tis.h> and libnvtpm.so, nothing else of nvtpm.
  *
  * Usage: tis-example IMG   (exit 0 on success, 1 on any failure) */
 #include <stdint.h>
@@ -9,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "tis.h"
+#include <nvtpm/tis.h>
 
 enum { ACCESS = 0x00, STS = 0x18, FIFO = 0x24 };
 enum { REQUEST_USE = 0x02, ACTIVE = 0x20, REG_VALID = 0x80 };
@@ -78,13 +79,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "Usage: tis-example IMG\n");
         return 1;
     }
-    struct nv_error err = {0};
+    struct nv_error *err = tis_error_new();
     struct tis_config cfg = {.tpm_version = 2};
-    struct tis *tis = tis_new_libtpms(&cfg, argv[1], NULL, NULL, NULL, &err);
+    struct tis *tis = err ? tis_new_libtpms(&cfg, argv[1], NULL, NULL, NULL, err) : NULL;
     if (!tis) {
-        fprintf(stderr, "tis-example: %s\n", err.msg);
+        fprintf(stderr, "tis-example: %s\n", err ? tis_error_message(err) : "out of memory");
+        tis_error_free(err);
         return 1;
     }
+    tis_error_free(err);
     static const uint8_t startup[] = {0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0x00, 0x00};
     static const uint8_t getrandom[] = {0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0x00, 0x08};
     uint8_t rsp[64];

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "tis.h"
+#include "util.h"
 
 #define BASE 0xfed40000u
 
