@@ -114,7 +114,8 @@ int cli_parse_key(const char *option, const char *spec, struct nvram_key *key)
                         strerror(errno));
     int r = nvram_key_parse(spec, key, &err);
     if (r < 0)
-        return cli_fail(r == -EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_ERROR, "%s: %s", option, err.msg);
+        return cli_fail(nv_error_status(&err) == NV_STATUS_USAGE ? CLI_EXIT_USAGE : CLI_EXIT_ERROR,
+                        "%s: %s", option, err.msg);
     return 0;
 }
 

@@ -135,9 +135,10 @@ int nvram_key_add(struct nvram *nv, const struct nvram_key *new_key, struct nv_e
 {
     const char *img = bdrv_filename(nv->bs);
     if (nv->sb.cipher == NVRAM_CIPHER_NONE || nv->key_slot < 0)
-        return nv_error_set(err, -EINVAL, "%s is not encrypted (use nvtpm encrypt)", img);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "%s is not encrypted (use nvtpm encrypt)", img);
     if (new_key->kind == NVRAM_KEY_RAW && new_key->length != 16 && new_key->length != 32)
-        return nv_error_set(err, -EINVAL, "a raw key has 128 or 256 bits");
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "a raw key has 128 or 256 bits");
     int index = -1;
     uint8_t probe[NVRAM_MAX_DATA_KEY];
     if (nvram_keys_unlock(&nv->sb, new_key, probe) >= 0) {

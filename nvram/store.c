@@ -199,21 +199,23 @@ static int format_image(struct bdrv_node *bs, const struct nvram_options *opts,
                         struct nvram_super *sb, uint8_t *data_key, struct nv_error *err)
 {
     if (opts->tpm_version != 1 && opts->tpm_version != 2)
-        return nv_error_set(err, -EINVAL, "%s: formatting needs a TPM version (1.2 or 2.0)",
-                            bdrv_filename(bs));
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "%s: formatting needs a TPM version (1.2 or 2.0)",
+                                   bdrv_filename(bs));
     int64_t size = bdrv_getlength(bs, err);
     if (size < 0)
         return (int)size;
     if ((uint64_t)size < NVRAM_MIN_DISK_SIZE)
-        return nv_error_set(err, -EMSGSIZE,
-                            "%s is too small for a TPM's NVRAM: %lld bytes, at "
-                            "least %u needed",
-                            bdrv_filename(bs), (long long)size, NVRAM_MIN_DISK_SIZE);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -EMSGSIZE,
+                                   "%s is too small for a TPM's NVRAM: %lld bytes, at "
+                                   "least %u needed",
+                                   bdrv_filename(bs), (long long)size, NVRAM_MIN_DISK_SIZE);
     uint64_t end;
     char why[160];
     int r = new_super(sb, opts, data_key, err);
     if (r == 0 && nvram_super_extent(sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
-        r = nv_error_set(err, -EMSGSIZE, "%s: %s", bdrv_filename(bs), why);
+        r = nv_error_set_status(err, NV_STATUS_CORRUPT, -EMSGSIZE, "%s: %s", bdrv_filename(bs),
+                                why);
     if (r == 0 && (r = bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, lock_timeout(opts), err)) == 0) {
         r = format_locked(bs, sb, data_key, end, err);
         bdrv_unlock(bs, NULL);
@@ -237,16 +239,18 @@ static int check_key(struct nvram *nv, const struct nvram_options *opts, struct 
     const char *img = bdrv_filename(nv->bs);
     nv->key_slot = -1;
     if (nv->sb.cipher == NVRAM_CIPHER_NONE)
-        return opts->key ? nv_error_set(err, -EKEYREVOKED,
-                                        "%s is not encrypted, but a key was given (leave it "
-                                        "out, or encrypt the image with nvtpm encrypt)",
-                                        img)
+        return opts->key ? nv_error_set_status(err, NV_STATUS_KEY_UNNEEDED, -EKEYREVOKED,
+                                               "%s is not encrypted, but a key was given (leave it "
+                                               "out, or encrypt the image with nvtpm encrypt)",
+                                               img)
                          : 0;
     if (!opts->key)
-        return nv_error_set(err, -ENOKEY, "%s is encrypted; give --key", img);
+        return nv_error_set_status(err, NV_STATUS_KEY_MISSING, -ENOKEY,
+                                   "%s is encrypted; give --key", img);
     nv->key_slot = nvram_keys_unlock(&nv->sb, opts->key, nv->data_key);
     if (nv->key_slot < 0)
-        return nv_error_set(err, -EKEYREJECTED, "the key matches no key slot of %s", img);
+        return nv_error_set_status(err, NV_STATUS_KEY_WRONG, -EKEYREJECTED,
+                                   "the key matches no key slot of %s", img);
     return 0;
 }
 
@@ -259,10 +263,10 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
      * one cut short) is not an NVRAM, whatever the read past its end says. */
     int64_t size = bdrv_getlength(nv->bs, err);
     if (size >= 0 && (uint64_t)size < NVRAM_MIN_DISK_SIZE)
-        return nv_error_set(err, -EMSGSIZE,
-                            "%s is too small for a TPM's NVRAM: %lld bytes, at "
-                            "least %u needed",
-                            img, (long long)size, NVRAM_MIN_DISK_SIZE);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -EMSGSIZE,
+                                   "%s is too small for a TPM's NVRAM: %lld bytes, at "
+                                   "least %u needed",
+                                   img, (long long)size, NVRAM_MIN_DISK_SIZE);
     struct nvram_super made;
     bool formatted = false;
     int r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
@@ -274,9 +278,11 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
         r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
     }
     if (r == -ENODATA)
-        return nv_error_set(err, -ENODATA, "%s is blank: it holds no TPM state yet", img);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -ENODATA,
+                                   "%s is blank: it holds no TPM state yet", img);
     if ((r == -EUCLEAN || r == -ENOMEDIUM) && why[0])
-        return nv_error_set(err, r, "%s is not a usable nvtpm NVRAM: %s", img, why);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, r, "%s is not a usable nvtpm NVRAM: %s",
+                                   img, why);
     if (r < 0)
         return r;
     if (!valid[0] || !valid[1])
@@ -292,9 +298,9 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
     if ((r = bdrv_check_mapped(nv->bs, 0, end, err)) < 0)
         return r;
     if (opts->tpm_version && opts->tpm_version != nv->sb.tpm_version)
-        return nv_error_set(err, -EMEDIUMTYPE, "%s holds a TPM %s state, not a TPM %s one", img,
-                            nv->sb.tpm_version == 2 ? "2.0" : "1.2",
-                            opts->tpm_version == 2 ? "2.0" : "1.2");
+        return nv_error_set_status(
+            err, NV_STATUS_NOT_LOADABLE, -EMEDIUMTYPE, "%s holds a TPM %s state, not a TPM %s one",
+            img, nv->sb.tpm_version == 2 ? "2.0" : "1.2", opts->tpm_version == 2 ? "2.0" : "1.2");
     /* The superblock this open wrote: its data key is at hand, and a
      * passphrase's slot is not derived a second time (PBKDF2 costs most of
      * an encrypted first start; swtpm_setup waits 5 s for the pid file). */
