@@ -8,19 +8,26 @@
 
 int cli_exit_code(const struct nv_error *err, int code)
 {
-    static const int by_status[] = {
-        [NV_STATUS_USAGE] = CLI_EXIT_USAGE,
-        [NV_STATUS_CORRUPT] = CLI_EXIT_CORRUPT,
-        [NV_STATUS_KEY_MISSING] = CLI_EXIT_KEY_MISSING,
-        [NV_STATUS_KEY_WRONG] = CLI_EXIT_KEY_WRONG,
-        [NV_STATUS_KEY_UNNEEDED] = CLI_EXIT_KEY_UNNEEDED,
-        [NV_STATUS_BUSY] = CLI_EXIT_BUSY,
-        [NV_STATUS_NOT_LOADABLE] = CLI_EXIT_NOT_LOADABLE,
-        [NV_STATUS_IO] = CLI_EXIT_ERROR,
-    };
-    enum nv_status status = nv_error_status(err);
-    if (status > NV_STATUS_UNSET && (size_t)status < sizeof(by_status) / sizeof(by_status[0]))
-        return by_status[status];
+    switch (nv_error_status(err)) { /* no default: -Wswitch names a status left out */
+    case NV_STATUS_USAGE:
+        return CLI_EXIT_USAGE;
+    case NV_STATUS_CORRUPT:
+        return CLI_EXIT_CORRUPT;
+    case NV_STATUS_KEY_MISSING:
+        return CLI_EXIT_KEY_MISSING;
+    case NV_STATUS_KEY_WRONG:
+        return CLI_EXIT_KEY_WRONG;
+    case NV_STATUS_KEY_UNNEEDED:
+        return CLI_EXIT_KEY_UNNEEDED;
+    case NV_STATUS_BUSY:
+        return CLI_EXIT_BUSY;
+    case NV_STATUS_NOT_LOADABLE:
+        return CLI_EXIT_NOT_LOADABLE;
+    case NV_STATUS_IO:
+        return CLI_EXIT_ERROR;
+    case NV_STATUS_UNSET:
+        break;
+    }
 
     /* No status: only the errnos the layers below reserve for one meaning
      * (nvram.h's list) decide. Nothing maps to usage: an EINVAL from a
