@@ -47,10 +47,11 @@ static int open_mode(unsigned flags)
 static int open_error(const char *name, unsigned flags, int e, struct nv_error *err)
 {
     if (e == EINVAL && (flags & BDRV_O_CACHE_MASK))
-        return nv_error_set(err, -EINVAL,
-                            "%s: cache mode '%s' needs O_DIRECT, which its file system does not "
-                            "support",
-                            name, bdrv_cache_mode_name(flags));
+        return nv_error_set_status(
+            err, NV_STATUS_USAGE, -EINVAL,
+            "%s: cache mode '%s' needs O_DIRECT, which its file system does not "
+            "support",
+            name, bdrv_cache_mode_name(flags));
     return nv_error_set(err, -e, "%s: cannot open %s: %s", name,
                         (flags & BDRV_O_RDWR) ? "read-write" : "read-only", strerror(e));
 }
@@ -95,8 +96,8 @@ static int set_direct(int fd, bool direct)
 static int open_stashed(struct bdrv_node *bs, const char *name, struct nv_error *err)
 {
     if (!bs->stash)
-        return nv_error_set(err, -EINVAL, "%s: no descriptor stash to look the name up in",
-                            bs->filename);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "%s: no descriptor stash to look the name up in", bs->filename);
     int fd = fdstash_peek(bs->stash, name);
     if (fd < 0)
         return nv_error_set(err, -ENOENT, "%s: no descriptor named '%s' in the stash", bs->filename,
@@ -169,7 +170,7 @@ static int file_open_spec(struct bdrv_node *bs, const char *spec, struct nv_erro
     if (strncmp(spec, "fd:", 3) == 0)
         return open_stashed(bs, spec + 3, err);
     if (!*spec)
-        return nv_error_set(err, -EINVAL, "empty image file name");
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "empty image file name");
     return open_path(bs, spec, err);
 }
 
@@ -184,8 +185,9 @@ static int faults_open(struct bdrv_node *bs, const char *spec, struct nv_error *
     const char *rest;
     file_init_state(bs);
     struct bdrv_faults *f = bdrv_faults_parse(spec + strlen("faults:"), &rest, err);
-    if (!f)
-        return err ? err->code : -EINVAL;
+    if (!f) /* the rules' parser fails with EINVAL on a malformed spec only */
+        return err && err->code != -EINVAL ? err->code
+                                           : nv_error_mark(err, NV_STATUS_USAGE, -EINVAL);
     state(bs)->faults = f;
     free(bs->filename);
     bs->filename = strdup(rest);

@@ -191,24 +191,24 @@ static int check_conflicts(int fd, const char *filename, unsigned new_perm, unsi
                 return nv_error_set(err, r, "%s: cannot test lock byte %u: %s", filename,
                                     QEMU_SHARE_BYTE + i, strerror(-r));
             if (held)
-                return nv_error_set(err, -EBUSY,
-                                    "%s: failed to get \"%s\" lock: another process does not "
-                                    "share the \"%s\" permission (lock byte %u); is another "
-                                    "process using the image?",
-                                    filename, qemu_perm_names[i], qemu_perm_names[i],
-                                    QEMU_SHARE_BYTE + i);
+                return nv_error_set_status(
+                    err, NV_STATUS_BUSY, -EBUSY,
+                    "%s: failed to get \"%s\" lock: another process does not "
+                    "share the \"%s\" permission (lock byte %u); is another "
+                    "process using the image?",
+                    filename, qemu_perm_names[i], qemu_perm_names[i], QEMU_SHARE_BYTE + i);
         }
         if ((new_unshare & (1u << i)) && !(ours_perm & (1u << i))) {
             if ((r = byte_held_elsewhere(fd, QEMU_PERM_BYTE + i, &held)) < 0)
                 return nv_error_set(err, r, "%s: cannot test lock byte %u: %s", filename,
                                     QEMU_PERM_BYTE + i, strerror(-r));
             if (held)
-                return nv_error_set(err, -EBUSY,
-                                    "%s: failed to get shared \"%s\" lock: another process holds "
-                                    "the \"%s\" permission (lock byte %u); is another process "
-                                    "using the image?",
-                                    filename, qemu_perm_names[i], qemu_perm_names[i],
-                                    QEMU_PERM_BYTE + i);
+                return nv_error_set_status(
+                    err, NV_STATUS_BUSY, -EBUSY,
+                    "%s: failed to get shared \"%s\" lock: another process holds "
+                    "the \"%s\" permission (lock byte %u); is another process "
+                    "using the image?",
+                    filename, qemu_perm_names[i], qemu_perm_names[i], QEMU_PERM_BYTE + i);
         }
     }
     return 0;
@@ -290,9 +290,10 @@ static int access_lock(struct bdrv_node *leaf, short type, int timeout_ms, struc
         return nv_error_set(err, r, "%s: cannot arm the timer for the access lock's deadline",
                             leaf->filename);
     if (r == -EAGAIN || r == -ETIMEDOUT)
-        return nv_error_set(err, r, "%s: the %s access lock is held by another process%s",
-                            leaf->filename, type == F_WRLCK ? "exclusive" : "shared",
-                            timeout_ms == 0 ? "" : " (timed out)");
+        return nv_error_set_status(err, NV_STATUS_BUSY, r,
+                                   "%s: the %s access lock is held by another process%s",
+                                   leaf->filename, type == F_WRLCK ? "exclusive" : "shared",
+                                   timeout_ms == 0 ? "" : " (timed out)");
     if (r < 0)
         return nv_error_set(err, r, "%s: access lock: %s", leaf->filename, strerror(-r));
     return 0;
@@ -387,7 +388,8 @@ int bdrv_locks_copy(struct bdrv_node *leaf, int new_fd, unsigned new_flags, stru
     /* Only shared can be carried over: two descriptions of one file conflict
      * on exclusive. bdrv_reopen refuses the cases that would need it. */
     if (leaf->locks.mode == BDRV_LOCK_EXCLUSIVE)
-        return nv_error_set(err, -EBUSY, "%s: the exclusive access lock is held", leaf->filename);
+        return nv_error_set_status(err, NV_STATUS_BUSY, -EBUSY,
+                                   "%s: the exclusive access lock is held", leaf->filename);
     r = bdrv_ofd_lock(new_fd, F_RDLCK, BDRV_ACCESS_LOCK_BYTE, 1, 0);
     if (r < 0)
         return nv_error_set(err, r, "%s: cannot carry the access lock over: %s", leaf->filename,

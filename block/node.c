@@ -21,8 +21,8 @@ int bdrv_parse_cache_mode(const char *mode, unsigned *cache_flags, struct nv_err
     else if (strcmp(mode, "directsync") == 0)
         *cache_flags = BDRV_O_CACHE_DIRECTSYNC;
     else
-        return nv_error_set(err, -EINVAL, "unknown cache mode '%s' (writeback, none or directsync)",
-                            mode);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "unknown cache mode '%s' (writeback, none or directsync)", mode);
     return 0;
 }
 

@@ -74,15 +74,17 @@ int qcow2_check_in_file(struct bdrv_node *bs, uint64_t host, const char *what, u
     if (host <= (uint64_t)file_len && s->cluster_size <= (uint64_t)file_len - host)
         return 0;
     if (guest == UINT64_MAX)
-        return nv_error_set(err, -EUCLEAN,
-                            "%s: the %s at offset %llu extends past the end of the file (%lld "
-                            "bytes): the image is truncated or corrupt",
-                            bs->filename, what, (unsigned long long)host, (long long)file_len);
-    return nv_error_set(err, -EUCLEAN,
-                        "%s: the %s at offset %llu (guest offset %llu) extends past the end of the "
-                        "file (%lld bytes): the image is truncated or corrupt",
-                        bs->filename, what, (unsigned long long)host, (unsigned long long)guest,
-                        (long long)file_len);
+        return nv_error_set_status(
+            err, NV_STATUS_CORRUPT, -EUCLEAN,
+            "%s: the %s at offset %llu extends past the end of the file (%lld "
+            "bytes): the image is truncated or corrupt",
+            bs->filename, what, (unsigned long long)host, (long long)file_len);
+    return nv_error_set_status(
+        err, NV_STATUS_CORRUPT, -EUCLEAN,
+        "%s: the %s at offset %llu (guest offset %llu) extends past the end of the "
+        "file (%lld bytes): the image is truncated or corrupt",
+        bs->filename, what, (unsigned long long)host, (unsigned long long)guest,
+        (long long)file_len);
 }
 
 static uint64_t l1_index(const struct qcow2_state *s, uint64_t guest)

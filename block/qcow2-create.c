@@ -95,12 +95,13 @@ int qcow2_create(const char *path, const struct bdrv_create_opts *opts, struct n
     struct layout l = {.cs = opts->cluster_size ? opts->cluster_size : 65536};
     int version = opts->version ? opts->version : 3;
     if (l.cs < 512 || l.cs > (2u << 20) || (l.cs & (l.cs - 1)))
-        return nv_error_set(err, -EINVAL,
-                            "%s: cluster size %llu is not a power of two from 512 "
-                            "to 2 MiB",
-                            path, (unsigned long long)l.cs);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "%s: cluster size %llu is not a power of two from 512 "
+                                   "to 2 MiB",
+                                   path, (unsigned long long)l.cs);
     if (version != 2 && version != 3)
-        return nv_error_set(err, -EINVAL, "%s: qcow2 version %d (2 or 3)", path, version);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "%s: qcow2 version %d (2 or 3)",
+                                   path, version);
     if (opts->size > (1ull << 50))
         return nv_error_set(err, -EFBIG, "%s: %llu bytes is too large", path,
                             (unsigned long long)opts->size);

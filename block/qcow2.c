@@ -15,7 +15,7 @@
 
 static __thread int backing_depth;
 
-#define BAD(...) nv_error_set(err, -EUCLEAN, __VA_ARGS__)
+#define BAD(...) nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN, __VA_ARGS__)
 
 /* [offset, offset+len) lies in the file and offset is cluster aligned. */
 static int check_table(struct bdrv_node *bs, const char *what, uint64_t offset, uint64_t len,
@@ -29,11 +29,12 @@ static int check_table(struct bdrv_node *bs, const char *what, uint64_t offset, 
     if (offset == 0 && len)
         return BAD("%s: %s offset is 0 (the header)", bs->filename, what);
     if (nv_add_overflow_u64(offset, len, &end) || end > file_len)
-        return nv_error_set(err, -EUCLEAN, /* truncated, or pointing out of it: damage */
-                            "%s: %s at offset %llu (%llu bytes) extends past the end of the file "
-                            "(%llu bytes)",
-                            bs->filename, what, (unsigned long long)offset, (unsigned long long)len,
-                            (unsigned long long)file_len);
+        return nv_error_set_status(
+            err, NV_STATUS_CORRUPT, -EUCLEAN, /* truncated, or pointing out of it: damage */
+            "%s: %s at offset %llu (%llu bytes) extends past the end of the file "
+            "(%llu bytes)",
+            bs->filename, what, (unsigned long long)offset, (unsigned long long)len,
+            (unsigned long long)file_len);
     return 0;
 }
 
@@ -140,9 +141,10 @@ static int parse_header(struct bdrv_node *bs, uint64_t file_len, struct nv_error
     if (r < 0)
         return r;
     if (file_len < QCOW2_V2_HEADER_LEN && file_len >= 4 && nv_be32(h) == QCOW2_MAGIC_BE)
-        return nv_error_set(
-            err, -EUCLEAN, "%s: the qcow2 header is cut short: %llu bytes is shorter than a header",
-            bs->filename, (unsigned long long)file_len);
+        return nv_error_set_status(
+            err, NV_STATUS_CORRUPT, -EUCLEAN,
+            "%s: the qcow2 header is cut short: %llu bytes is shorter than a header", bs->filename,
+            (unsigned long long)file_len);
     if (file_len < QCOW2_V2_HEADER_LEN)
         return BAD("%s: not a qcow2 image: %llu bytes is shorter than a header", bs->filename,
                    (unsigned long long)file_len);
@@ -153,7 +155,8 @@ static int parse_header(struct bdrv_node *bs, uint64_t file_len, struct nv_error
         return nv_error_set(err, -ENOTSUP, "%s: qcow2 version %u is not supported (2 or 3)",
                             bs->filename, s->version);
     if (s->version == 3 && file_len < QCOW2_V3_HEADER_LEN)
-        return nv_error_set(err, -EUCLEAN, "%s: version 3 header cut short", bs->filename);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN,
+                                   "%s: version 3 header cut short", bs->filename);
     s->cluster_bits = nv_be32(h + 20);
     if (s->cluster_bits < QCOW2_MIN_CLUSTER_BITS || s->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
         return BAD("%s: cluster_bits %u is outside %d..%d", bs->filename, s->cluster_bits,
@@ -261,11 +264,11 @@ static int check_entries(struct bdrv_node *bs, const char *what, const uint64_t 
         /* The table it points at must be in the file whole: a truncated
          * image is damaged, not one whose tables end in zeros. */
         if (off && (off > file_len || file_len - off < s->cluster_size))
-            return nv_error_set(err, -EUCLEAN,
-                                "%s: %s entry %llu: offset %llu is outside the file (%llu "
-                                "bytes): the image is truncated or corrupt",
-                                bs->filename, what, (unsigned long long)i, (unsigned long long)off,
-                                (unsigned long long)file_len);
+            return nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN,
+                                       "%s: %s entry %llu: offset %llu is outside the file (%llu "
+                                       "bytes): the image is truncated or corrupt",
+                                       bs->filename, what, (unsigned long long)i,
+                                       (unsigned long long)off, (unsigned long long)file_len);
     }
     return 0;
 }
@@ -438,15 +441,15 @@ static int prepare_for_writing(struct bdrv_node *bs, struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
     if (s->incompatible & QCOW2_INCOMPAT_CORRUPT)
-        return nv_error_set(err, -EUCLEAN,
-                            "%s: the image is marked corrupt; repair it with "
-                            "'qemu-img check -r all' first",
-                            bs->filename);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN,
+                                   "%s: the image is marked corrupt; repair it with "
+                                   "'qemu-img check -r all' first",
+                                   bs->filename);
     if (s->incompatible & QCOW2_INCOMPAT_DIRTY)
-        return nv_error_set(err, -EUCLEAN,
-                            "%s: the image is marked dirty (its refcounts may be "
-                            "stale); repair it with 'qemu-img check -r all' first",
-                            bs->filename);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN,
+                                   "%s: the image is marked dirty (its refcounts may be "
+                                   "stale); repair it with 'qemu-img check -r all' first",
+                                   bs->filename);
     return 0;
 }
 
@@ -682,11 +685,11 @@ static int qcow2_reopen_check(struct bdrv_node *bs, unsigned new_flags, struct n
                                 "not supported",
                                 bs->filename);
         if (s->incompatible & (QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_DIRTY))
-            return nv_error_set(err, -EUCLEAN,
-                                "%s: the image is marked %s; repair it with "
-                                "'qemu-img check -r all' first",
-                                bs->filename,
-                                (s->incompatible & QCOW2_INCOMPAT_CORRUPT) ? "corrupt" : "dirty");
+            return nv_error_set_status(
+                err, NV_STATUS_CORRUPT, -EUCLEAN,
+                "%s: the image is marked %s; repair it with "
+                "'qemu-img check -r all' first",
+                bs->filename, (s->incompatible & QCOW2_INCOMPAT_CORRUPT) ? "corrupt" : "dirty");
     }
     return 0;
 }

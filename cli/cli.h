@@ -24,8 +24,10 @@ enum {
     CLI_EXIT_ERROR = 9,        /* anything else: I/O, permissions, memory */
 };
 
-/* The exit code for a negative errno from the layers below. */
-int cli_exit_code(int err);
+/* The exit code of a failure of the layers below: err's status where it is
+ * set, else code (a negative errno) where nvram.h reserves it for one
+ * meaning, else CLI_EXIT_ERROR. err may be NULL. */
+int cli_exit_code(const struct nv_error *err, int code);
 
 /* Print "nvtpm: MESSAGE" on one line to stderr and return code. */
 int cli_fail(int code, const char *fmt, ...) NV_PRINTF(2, 3);

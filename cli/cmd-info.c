@@ -204,7 +204,7 @@ static int show(const char *img, const struct nvram_key *key, bool json, bool ke
     struct nv_error err = {0};
     struct bdrv_node *bs = bdrv_open(img, 0, NULL, &err);
     if (!bs)
-        return cli_fail(cli_exit_code(err.code), "%s", err.msg);
+        return cli_fail(cli_exit_code(&err, err.code), "%s", err.msg);
     struct nvram_info info;
     struct bdrv_lock_holder holders[MAX_HOLDERS];
     size_t nholders = 0;
@@ -237,7 +237,7 @@ static int show(const char *img, const struct nvram_key *key, bool json, bool ke
         print_holders(holders, nholders);
     }
     bdrv_close(bs);
-    return r < 0 ? cli_fail(cli_exit_code(r), "%s", err.msg) : CLI_EXIT_OK;
+    return r < 0 ? cli_fail(cli_exit_code(&err, r), "%s", err.msg) : CLI_EXIT_OK;
 }
 
 int cmd_info_keys(const char *img, bool json)

@@ -171,13 +171,14 @@ static int read_swtpm_state(const struct cli_import *req, struct mig_state *st)
     struct mig_key sk = {0};
     const char *cmd = req->cmd;
     if (!req->dir_locked && mig_dir_check_unused(req->dir, &err) < 0)
-        return cli_fail(cli_exit_code(err.code), "%s: %s; stop it first", cmd, err.msg);
+        return cli_fail(cli_exit_code(&err, err.code), "%s: %s; stop it first", cmd, err.msg);
     if (req->key && mig_key_from(req->key, &sk, &err) < 0)
         return cli_fail(CLI_EXIT_ERROR, "%s: --key: %s", cmd, err.msg);
     int r = mig_dir_read(req->dir, req->tpm_version, NULL, req->key ? &sk : NULL, st, &err);
     mig_key_wipe(&sk);
     if (r < 0)
-        return cli_fail(r == -ENOENT ? CLI_EXIT_USAGE : cli_exit_code(r), "%s: %s", cmd, err.msg);
+        return cli_fail(r == -ENOENT ? CLI_EXIT_USAGE : cli_exit_code(&err, r), "%s: %s", cmd,
+                        err.msg);
     int code = 0;
     if (!st->data[NVRAM_PERMALL])
         code = cli_fail(CLI_EXIT_USAGE,
@@ -247,7 +248,7 @@ static int write_image(const struct cli_import *req, const struct mig_state *st,
     if (r == 0)
         r = sync_parent(req->img, &err);
     if (r < 0)
-        return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(r), "%s: %s", req->cmd,
+        return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(&err, r), "%s: %s", req->cmd,
                         err.msg);
     char names[64];
     if (!req->quiet)
@@ -308,7 +309,7 @@ static int read_image_state(const struct move_args *a, struct mig_state *st, boo
     struct nv_error err = {0};
     struct bdrv_node *bs = bdrv_open(a->img, BDRV_O_RDWR | BDRV_O_OWNER, NULL, &err);
     if (!bs)
-        return cli_fail(cli_exit_code(err.code), "export: %s", err.msg);
+        return cli_fail(cli_exit_code(&err, err.code), "export: %s", err.msg);
     struct nvram_options opts = {.key = a->have_key ? &a->key : NULL};
     struct nvram *nv = nvram_open(bs, &opts, &err);
     int r = nv ? nvram_load_begin(nv, &err) : err.code;
@@ -327,7 +328,7 @@ static int read_image_state(const struct move_args *a, struct mig_state *st, boo
     bdrv_close(bs);
     if (r < 0) {
         mig_state_free(st);
-        return cli_fail(cli_exit_code(r), "export: %s", err.msg);
+        return cli_fail(cli_exit_code(&err, r), "export: %s", err.msg);
     }
     if (!st->data[NVRAM_PERMALL]) {
         mig_state_free(st);
@@ -348,7 +349,7 @@ static int write_swtpm_state(const struct move_args *a, const struct mig_state *
     bool made;
     /* swtpm's .lock, held while the files are written: no swtpm starts on them */
     if (mig_dir_lock(a->dir, 0640, &lock_fd, &made, &err) < 0)
-        return cli_fail(cli_exit_code(err.code), "export: %s; stop it first", err.msg);
+        return cli_fail(cli_exit_code(&err, err.code), "export: %s; stop it first", err.msg);
     int r = file_key ? mig_key_from(file_key, &sk, &err) : 0;
     if (r == 0)
         r = mig_dir_write(a->dir, st, file_key ? &sk : NULL, a->replace, &err);
@@ -357,7 +358,7 @@ static int write_swtpm_state(const struct move_args *a, const struct mig_state *
     if (r == -EEXIST)
         return cli_fail(CLI_EXIT_USAGE, "export: %s (--replace replaces them)", err.msg);
     if (r < 0)
-        return cli_fail(cli_exit_code(r), "export: %s", err.msg);
+        return cli_fail(cli_exit_code(&err, r), "export: %s", err.msg);
     char names[64];
     printf("Exported the TPM %s state (%s) of %s to %s/%s-00.*%s, %s\n",
            st->tpm_version == 2 ? "2.0" : "1.2", present_blobs(st, names, sizeof(names)), a->img,

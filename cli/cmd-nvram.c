@@ -44,14 +44,14 @@ int cli_make_image(const char *img, uint64_t size, uint32_t cluster, unsigned mo
     struct bdrv_create_opts co = {.size = size, .cluster_size = cluster, .mode = mode};
     int r = bdrv_create("qcow2", img, &co, &err);
     if (r < 0)
-        return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(r), "%s", err.msg);
+        return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(&err, r), "%s", err.msg);
     struct bdrv_node *bs = bdrv_open_format("qcow2", img, BDRV_O_RDWR | BDRV_O_OWNER, NULL, &err);
     r = bs ? nvram_format(bs, opts, &err) : err.code;
     if (r < 0) {
         if (bs)
             bdrv_close(bs);
         unlink(img); /* ours, just made: nothing of anyone's is lost */
-        return cli_fail(cli_exit_code(r), "%s", err.msg);
+        return cli_fail(cli_exit_code(&err, r), "%s", err.msg);
     }
     *out = bs;
     return CLI_EXIT_OK;
@@ -219,7 +219,7 @@ static struct bdrv_node *open_owned(const char *img, int *code)
     struct nv_error err = {0};
     struct bdrv_node *bs = bdrv_open(img, BDRV_O_RDWR | BDRV_O_OWNER, NULL, &err);
     if (!bs)
-        *code = cli_fail(cli_exit_code(err.code), "%s", err.msg);
+        *code = cli_fail(cli_exit_code(&err, err.code), "%s", err.msg);
     return bs;
 }
 
@@ -250,7 +250,7 @@ static int key_change(const char *what, struct key_args *a)
     nvram_close(nv);
     bdrv_close(bs);
     return r < 0 ? cli_fail(r == -EPERM || r == -EEXIST || r == -ENOENT ? CLI_EXIT_USAGE
-                                                                        : cli_exit_code(r),
+                                                                        : cli_exit_code(&err, r),
                             "%s", err.msg)
                  : CLI_EXIT_OK;
 }
@@ -290,7 +290,7 @@ int cmd_encrypt(int argc, char **argv)
         int e = nvram_encrypt(bs, &a.new_key, a.cipher, &opts, &err);
         bdrv_close(bs);
         if (e < 0)
-            r = cli_fail(e == -EALREADY ? CLI_EXIT_USAGE : cli_exit_code(e), "%s", err.msg);
+            r = cli_fail(e == -EALREADY ? CLI_EXIT_USAGE : cli_exit_code(&err, e), "%s", err.msg);
         else
             printf("Encrypted %s (%s)\n", a.img, nvram_cipher_name(a.cipher));
     }

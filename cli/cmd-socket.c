@@ -463,7 +463,7 @@ static int print_states(const struct socket_opts *o)
     if (bs)
         bdrv_close(bs);
     if (r < 0 && r != -ENOENT && r != -ENODATA)
-        return cli_fail(cli_exit_code(r), "%s", err.msg);
+        return cli_fail(cli_exit_code(&err, r), "%s", err.msg);
     for (int b = 0; r == 0 && b < NVRAM_BLOBS; b++) {
         int cur = info.blobs[b].current;
         if (cur >= 0 && !info.blobs[b].slot[cur].deleted)
@@ -515,7 +515,7 @@ static struct nvram_storage *open_state(struct socket_opts *o, int *code)
     struct nvram_storage *st = nvram_storage_open(&so, &err);
     if (!st)
         *code = err.code == -EBUSY ? busy_message(spec, &err)
-                                   : cli_fail(cli_exit_code(err.code), "%s", err.msg);
+                                   : cli_fail(cli_exit_code(&err, err.code), "%s", err.msg);
     else if (nvram_storage_created(st))
         give_to_runas(o, -1, spec);
     return st;
@@ -591,7 +591,7 @@ static int start_tpm(struct socket_opts *o)
                                .key = o->have_key ? &o->sec->key : NULL,
                                .no_sync = o->no_sync};
     if (nvram_storage_open_nvram(o->storage, &no, &err) < 0)
-        return cli_fail(cli_exit_code(err.code), "%s", err.msg);
+        return cli_fail(cli_exit_code(&err, err.code), "%s", err.msg);
     o->backend.tpm_version = o->tpm_version;
     o->backend.nvram = nvram_storage_nvram(o->storage);
     o->backend.debug_level = o->log_level;
@@ -888,7 +888,8 @@ static int serve(struct socket_opts *o)
         o->server.ready = ready;
         o->server.ready_opaque = o;
         if (tpm_server_run(&o->server, &err) < 0)
-            code = o->start_code ? o->start_code : cli_fail(cli_exit_code(err.code), "%s", err.msg);
+            code = o->start_code ? o->start_code
+                                 : cli_fail(cli_exit_code(&err, err.code), "%s", err.msg);
     }
     nvram_storage_close(o->storage);
     fdstash_cleanup(&o->stash);

@@ -90,7 +90,7 @@ static int check_nvram(struct validation *v, struct bdrv_node *bs, const struct 
     if (r == -ENODATA)
         return record(v, "superblock", 0, "blank image: no TPM state yet (a new TPM is made)"), 1;
     if (r < 0)
-        return record(v, "superblock", cli_exit_code(r), "%s", err.msg);
+        return record(v, "superblock", cli_exit_code(&err, r), "%s", err.msg);
     record(v, "superblock", 0, "TPM %s, generation %llu%s", info->tpm_version == 2 ? "2.0" : "1.2",
            (unsigned long long)info->generation,
            info->superblock_valid[0] && info->superblock_valid[1] ? "" : " (one copy damaged)");
@@ -150,7 +150,8 @@ static int check_blobs(struct validation *v, const struct options *o, int tpm_ve
     mig_key_wipe(&mk);
     mig_key_wipe(&sk);
     if (r < 0)
-        return record(v, "blobs", r == -ENOENT ? CLI_EXIT_USAGE : cli_exit_code(r), "%s", err.msg);
+        return record(v, "blobs", r == -ENOENT ? CLI_EXIT_USAGE : cli_exit_code(&err, r), "%s",
+                      err.msg);
     int found = 0;
     for (int b = 0; b < NVRAM_BLOBS; b++)
         found += in->data[b] != NULL;
@@ -174,7 +175,8 @@ static int check_libtpms(struct validation *v, struct bdrv_node *bs, const struc
     bool use_image = !blank && !o->blobs_dir;
     struct nvram *nv = use_image ? nvram_open(bs, &no, &err) : NULL;
     struct tpm_backend_options bo = {.tpm_version = version, .nvram = nv, .debug_fd = -1};
-    int r = !use_image || nv ? 0 : record(v, "libtpms", cli_exit_code(err.code), "%s", err.msg);
+    int r =
+        !use_image || nv ? 0 : record(v, "libtpms", cli_exit_code(&err, err.code), "%s", err.msg);
     if (r == 0 && tpm_backend_init(&bo, &err) < 0)
         r = record(v, "libtpms", CLI_EXIT_NOT_LOADABLE, "%s", err.msg);
     struct mig_state in = {0};
@@ -201,7 +203,7 @@ static int validate(struct validation *v, const struct options *o)
     struct nv_error err = {0};
     fdstash_init(&stash);
     struct bdrv_node *bs = bdrv_open(o->img, 0, &stash, &err); /* read-only, no ownership */
-    int r = bs ? 0 : record(v, "open", cli_exit_code(err.code), "%s", err.msg);
+    int r = bs ? 0 : record(v, "open", cli_exit_code(&err, err.code), "%s", err.msg);
     bool locked = false;
     if (r == 0 && bdrv_lock(bs, BDRV_LOCK_SHARED, o->wait_ms, &err) < 0)
         r = record(v, "lock", CLI_EXIT_BUSY, "%s", err.msg);
@@ -209,7 +211,7 @@ static int validate(struct validation *v, const struct options *o)
         locked = record(v, "lock", 0, "shared access lock held") == 0;
     struct bdrv_check_result res = {0};
     if (r == 0 && bdrv_check(bs, &res, false, &err) < 0)
-        r = record(v, "qcow2", cli_exit_code(err.code), "%s", err.msg);
+        r = record(v, "qcow2", cli_exit_code(&err, err.code), "%s", err.msg);
     else if (r == 0 && res.corruptions)
         r = record(v, "qcow2", CLI_EXIT_CORRUPT, "%llu corruption(s): %s",
                    (unsigned long long)res.corruptions, res.first_problem);
@@ -220,7 +222,7 @@ static int validate(struct validation *v, const struct options *o)
      * (dirty or corrupt bit, a backing file, no write permission), so does
      * the dry run. */
     if (r == 0 && bdrv_check_writable(bs, &err) < 0)
-        r = record(v, "writable", cli_exit_code(err.code), "%s", err.msg);
+        r = record(v, "writable", cli_exit_code(&err, err.code), "%s", err.msg);
     else if (r == 0)
         record(v, "writable", 0, "a server can open it read-write");
     int64_t size = r == 0 ? bdrv_getlength(bs, &err) : 0;

@@ -36,34 +36,6 @@ static const struct subcommand subcommands[] = {
     {NULL, NULL, NULL},
 };
 
-int cli_exit_code(int err)
-{
-    switch (-err) {
-    case ENOKEY:
-        return CLI_EXIT_KEY_MISSING;
-    case EKEYREJECTED:
-        return CLI_EXIT_KEY_WRONG;
-    case EKEYREVOKED:
-        return CLI_EXIT_KEY_UNNEEDED;
-    case EAGAIN:
-    case ETIMEDOUT:
-    case EBUSY:
-        return CLI_EXIT_BUSY;
-    case EUCLEAN:
-    case EBADMSG:
-    case ENOMEDIUM:
-    case ENODATA:
-    case EMSGSIZE: /* too small for an NVRAM; a full disk (ENOSPC) is an I/O error */
-        return CLI_EXIT_CORRUPT;
-    case EMEDIUMTYPE:
-        return CLI_EXIT_NOT_LOADABLE;
-    case EINVAL:
-        return CLI_EXIT_USAGE;
-    default:
-        return CLI_EXIT_ERROR;
-    }
-}
-
 int cli_parse_size(const char *text, uint64_t *out)
 {
     char digits[32];
@@ -99,7 +71,8 @@ int cli_parse_key(const char *option, const char *spec, struct nvram_key *key)
                         strerror(errno));
     int r = nvram_key_parse(spec, key, &err);
     if (r < 0)
-        return cli_fail(r == -EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_ERROR, "%s: %s", option, err.msg);
+        return cli_fail(nv_error_status(&err) == NV_STATUS_USAGE ? CLI_EXIT_USAGE : CLI_EXIT_ERROR,
+                        "%s: %s", option, err.msg);
     return 0;
 }
 

@@ -80,8 +80,8 @@ int fdstash_check_fd(int fd, unsigned kinds, struct nv_error *err)
     else if (S_ISCHR(st.st_mode))
         is = FDSTASH_CHAR_DEVICE;
     if (!(is & kinds))
-        return nv_error_set(err, -EINVAL, "descriptor %d is not %s", fd,
-                            kind_names(kinds, want, sizeof(want)));
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "descriptor %d is not %s", fd,
+                                   kind_names(kinds, want, sizeof(want)));
     return 0;
 }
 
@@ -179,12 +179,13 @@ int fdstash_import_listen_fds(struct fdstash *stash, struct nv_error *err)
     if (!pid_text || !count_text)
         return 0;
     if (nv_parse_u64(pid_text, INT_MAX, &pid) < 0)
-        return nv_error_set(err, -EINVAL, "LISTEN_PID '%s' is not a process id", pid_text);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "LISTEN_PID '%s' is not a process id", pid_text);
     if ((pid_t)pid != getpid())
         return 0;
     if (nv_parse_u64(count_text, 1024, &count) < 0)
-        return nv_error_set(err, -EINVAL, "LISTEN_FDS '%s' is not a count of at most 1024",
-                            count_text);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "LISTEN_FDS '%s' is not a count of at most 1024", count_text);
     const char *names = getenv("LISTEN_FDNAMES");
     int ret = check_listen_fds(stash, (unsigned)count, names, err);
     if (ret < 0)

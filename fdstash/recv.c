@@ -72,10 +72,10 @@ ssize_t fdstash_recvmsg(int sock, void *buf, size_t len, int *fds, size_t max_fd
     size_t n = collect_fds(&msg, received, cap, &total);
     if (msg.msg_flags & MSG_CTRUNC) {
         close_all(received, n);
-        return nv_error_set(err, -EMSGSIZE,
-                            "socket %d: descriptors truncated (control data did not fit; "
-                            "at most %zu expected)",
-                            sock, max_fds);
+        return nv_error_set_status(err, NV_STATUS_IO, -EMSGSIZE, /* not a too small image */
+                                   "socket %d: descriptors truncated (control data did not fit; "
+                                   "at most %zu expected)",
+                                   sock, max_fds);
     }
     if (n > max_fds) {
         close_all(received, n);

@@ -36,7 +36,7 @@ void fdstash_cleanup(struct fdstash *stash)
 static int check_name_chars(const char *name, struct nv_error *err)
 {
     if (!name || !*name)
-        return nv_error_set(err, -EINVAL, "descriptor name is empty");
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "descriptor name is empty");
     size_t len = strnlen(name, FDSTASH_NAME_MAX + 1);
     if (len > FDSTASH_NAME_MAX)
         return nv_error_set(err, -ENAMETOOLONG, "descriptor name is longer than %d bytes",
@@ -44,8 +44,9 @@ static int check_name_chars(const char *name, struct nv_error *err)
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)name[i];
         if (c < 0x21 || c > 0x7e)
-            return nv_error_set(err, -EINVAL,
-                                "descriptor name has a non-printable byte 0x%02x at %zu", c, i);
+            return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                       "descriptor name has a non-printable byte 0x%02x at %zu", c,
+                                       i);
     }
     return 0;
 }
@@ -56,10 +57,10 @@ int fdstash_check_name(const char *name, struct nv_error *err)
     if (ret < 0)
         return ret;
     if (name[0] >= '0' && name[0] <= '9')
-        return nv_error_set(err, -EINVAL,
-                            "descriptor name '%s' starts with a digit; such names are "
-                            "reserved for numeric descriptors",
-                            name);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "descriptor name '%s' starts with a digit; such names are "
+                                   "reserved for numeric descriptors",
+                                   name);
     return 0;
 }
 

@@ -121,10 +121,10 @@ int mig_dir_read(const char *dir, int tpm_version, const struct mig_key *migrati
     if (!tpm_version) {
         bool v2 = version_present(dir, 2), v1 = version_present(dir, 1);
         if (v1 && v2)
-            return nv_error_set(err, -EINVAL,
-                                "%s holds TPM 2.0 (tpm2-00.*) and TPM 1.2 (tpm-00.*) state "
-                                "files; say which",
-                                dir);
+            return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                       "%s holds TPM 2.0 (tpm2-00.*) and TPM 1.2 (tpm-00.*) state "
+                                       "files; say which",
+                                       dir);
         st->tpm_version = v1 ? 1 : 2;
     }
     int found = 0, r = 0;
@@ -200,10 +200,11 @@ int mig_dir_files(const char *dir, int tpm_version, struct mig_dir_files *out, s
 static int lock_holder_error(const char *dir, const struct flock *fl, struct nv_error *err)
 {
     if (fl->l_pid > 0)
-        return nv_error_set(err, -EBUSY,
-                            "%s is in use: process %d (swtpm, or an nvtpm) holds its .lock", dir,
-                            (int)fl->l_pid);
-    return nv_error_set(err, -EBUSY, "%s is in use: a process holds its .lock", dir);
+        return nv_error_set_status(err, NV_STATUS_BUSY, -EBUSY,
+                                   "%s is in use: process %d (swtpm, or an nvtpm) holds its .lock",
+                                   dir, (int)fl->l_pid);
+    return nv_error_set_status(err, NV_STATUS_BUSY, -EBUSY,
+                               "%s is in use: a process holds its .lock", dir);
 }
 
 int mig_dir_lock(const char *dir, unsigned mode, int *fd, bool *created, struct nv_error *err)
@@ -222,8 +223,9 @@ int mig_dir_lock(const char *dir, unsigned mode, int *fd, bool *created, struct 
     int r = -errno;
     if (r == -EAGAIN || r == -EACCES) {
         fl = (struct flock){.l_type = F_WRLCK, .l_whence = SEEK_SET};
-        r = fcntl(*fd, F_OFD_GETLK, &fl) == 0 ? lock_holder_error(dir, &fl, err)
-                                              : nv_error_set(err, -EBUSY, "%s: locked", path);
+        r = fcntl(*fd, F_OFD_GETLK, &fl) == 0
+                ? lock_holder_error(dir, &fl, err)
+                : nv_error_set_status(err, NV_STATUS_BUSY, -EBUSY, "%s: locked", path);
     } else {
         nv_error_set(err, r, "%s: %s", path, strerror(-r));
     }

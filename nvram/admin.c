@@ -65,22 +65,24 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
     nv.load_depth = 1; /* held here across everything */
     int64_t length = bdrv_getlength(bs, err);
     if (length >= 0 && (uint64_t)length < NVRAM_MIN_DISK_SIZE) /* as nvram_open says it */
-        r = nv_error_set(err, -EMSGSIZE,
-                         "%s is too small for a TPM's NVRAM: %lld bytes, at least %u needed",
-                         bdrv_filename(bs), (long long)length, NVRAM_MIN_DISK_SIZE);
+        r = nv_error_set_status(err, NV_STATUS_CORRUPT, -EMSGSIZE,
+                                "%s is too small for a TPM's NVRAM: %lld bytes, at least %u needed",
+                                bdrv_filename(bs), (long long)length, NVRAM_MIN_DISK_SIZE);
     else
         r = nvram_read_super(bs, &nv.sb, &nv.sb_copy, info->superblock_valid, why, sizeof(why),
                              err);
     if ((r == -EUCLEAN || r == -ENOMEDIUM) && why[0])
-        nv_error_set(err, r, "%s is not a usable nvtpm NVRAM: %s", bdrv_filename(bs), why);
+        nv_error_set_status(err, NV_STATUS_CORRUPT, r, "%s is not a usable nvtpm NVRAM: %s",
+                            bdrv_filename(bs), why);
     else if (r == -ENODATA)
-        nv_error_set(err, r, "%s is blank: it holds no TPM state yet", bdrv_filename(bs));
+        nv_error_set_status(err, NV_STATUS_CORRUPT, r, "%s is blank: it holds no TPM state yet",
+                            bdrv_filename(bs));
     int64_t size = r == 0 ? bdrv_getlength(bs, err) : r;
     uint64_t end;
     if (size < 0)
         r = (int)size;
     else if (nvram_super_extent(&nv.sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
-        r = nv_error_set(err, -EUCLEAN, "%s: %s", bdrv_filename(bs), why);
+        r = nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN, "%s: %s", bdrv_filename(bs), why);
     else
         r = bdrv_check_mapped(bs, 0, end, err);
     if (r == 0) {
@@ -135,9 +137,10 @@ int nvram_key_add(struct nvram *nv, const struct nvram_key *new_key, struct nv_e
 {
     const char *img = bdrv_filename(nv->bs);
     if (nv->sb.cipher == NVRAM_CIPHER_NONE || nv->key_slot < 0)
-        return nv_error_set(err, -EINVAL, "%s is not encrypted (use nvtpm encrypt)", img);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "%s is not encrypted (use nvtpm encrypt)", img);
     if (new_key->kind == NVRAM_KEY_RAW && new_key->length != 16 && new_key->length != 32)
-        return nv_error_set(err, -EINVAL, "a raw key has 128 or 256 bits");
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "a raw key has 128 or 256 bits");
     int index = -1;
     uint8_t probe[NVRAM_MAX_DATA_KEY];
     if (nvram_keys_unlock(&nv->sb, new_key, probe) >= 0) {

@@ -59,13 +59,14 @@ static int parse_spec(char *text, struct key_spec *ks, struct nv_error *err)
                 strncmp(tok, fields[i].name, (size_t)(eq - tok)) == 0)
                 break;
         if (!eq || i == n)
-            return nv_error_set(err, -EINVAL, "key: unknown option '%s'", tok);
+            return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "key: unknown option '%s'",
+                                       tok);
         *fields[i].slot = eq + 1;
     }
     int sources = !!ks->file + !!ks->fd + !!ks->pwdfile + !!ks->pwdfd;
     if (sources != 1)
-        return nv_error_set(err, -EINVAL,
-                            "key: give exactly one of file=, fd=, pwdfile= or pwdfd=");
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "key: give exactly one of file=, fd=, pwdfile= or pwdfd=");
     return 0;
 }
 
@@ -80,7 +81,8 @@ static int read_source(const char *path, const char *fd_text, bool remove, uint8
     } else {
         uint64_t n;
         if (nv_parse_u64(fd_text, 1u << 30, &n) < 0)
-            return nv_error_set(err, -EINVAL, "key: fd=%s is not a descriptor number", fd_text);
+            return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                       "key: fd=%s is not a descriptor number", fd_text);
         fd = (int)n;
     }
     int r = read_all(fd, buf, KEY_FILE_MAX, len);
@@ -115,11 +117,13 @@ static int decode_raw(struct nvram_key *key, const uint8_t *buf, size_t len, con
         while (end > start && isspace(buf[end - 1]))
             end--;
         if ((end - start) % 2)
-            return nv_error_set(err, -EINVAL, "key: odd number of hex digits");
+            return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                       "key: odd number of hex digits");
         for (size_t i = start; i < end; i += 2) {
             int hi = hex_value(buf[i]), lo = hex_value(buf[i + 1]);
             if (hi < 0 || lo < 0 || n == sizeof(key->material))
-                return nv_error_set(err, -EINVAL, "key: not a hex key (byte %zu)", i);
+                return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                           "key: not a hex key (byte %zu)", i);
             key->material[n++] = (uint8_t)(hi << 4 | lo);
         }
         key->length = n;
@@ -127,15 +131,17 @@ static int decode_raw(struct nvram_key *key, const uint8_t *buf, size_t len, con
         memcpy(key->material, buf, len);
         key->length = len;
     } else {
-        return nv_error_set(err, -EINVAL, "key: format=%s (hex or binary)", format);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "key: format=%s (hex or binary)",
+                                   format);
     }
     if (key->length != 16 && key->length != 32)
-        return nv_error_set(err, -EINVAL, "key: %zu bits; a key has 128 or 256 bits",
-                            key->length * 8);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "key: %zu bits; a key has 128 or 256 bits", key->length * 8);
     if (mode && !((strcmp(mode, "aes-cbc") == 0 && key->length == 16) ||
                   (strcmp(mode, "aes-256-cbc") == 0 && key->length == 32)))
-        return nv_error_set(err, -EINVAL, "key: mode=%s does not fit a %zu-bit key", mode,
-                            key->length * 8);
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "key: mode=%s does not fit a %zu-bit key", mode,
+                                   key->length * 8);
     return 0;
 }
 
@@ -147,18 +153,20 @@ int nvram_key_parse(const char *spec, struct nvram_key *key, struct nv_error *er
     size_t len = 0;
     memset(key, 0, sizeof(*key));
     if (snprintf(text, sizeof(text), "%s", spec) >= (int)sizeof(text))
-        return nv_error_set(err, -EINVAL, "key: option too long");
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "key: option too long");
     int r = parse_spec(text, &ks, err);
     key->iterations = NVRAM_DEFAULT_ITERATIONS;
     if (r == 0 && ks.iterations) {
         uint64_t n;
         if (nv_parse_u64(ks.iterations, UINT32_MAX, &n) < 0 || n < NVRAM_MIN_ITERATIONS)
-            r = nv_error_set(err, -EINVAL, "key: iterations=%s (at least %u)", ks.iterations,
-                             NVRAM_MIN_ITERATIONS);
+            r = nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                    "key: iterations=%s (at least %u)", ks.iterations,
+                                    NVRAM_MIN_ITERATIONS);
         key->iterations = (uint32_t)n;
     }
     if (r == 0 && ks.kdf && strcmp(ks.kdf, "pbkdf2") != 0 && strcmp(ks.kdf, "sha512") != 0)
-        r = nv_error_set(err, -EINVAL, "key: kdf=%s (pbkdf2 or sha512)", ks.kdf);
+        r = nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "key: kdf=%s (pbkdf2 or sha512)",
+                                ks.kdf);
     key->kdf_sha512 = ks.kdf && strcmp(ks.kdf, "sha512") == 0;
     bool passphrase = ks.pwdfile || ks.pwdfd;
     if (r == 0)
@@ -166,13 +174,14 @@ int nvram_key_parse(const char *spec, struct nvram_key *key, struct nv_error *er
                         buf, &len, err);
     if (r == 0 && passphrase) {
         if (len == 0)
-            r = nv_error_set(err, -EINVAL, "key: the passphrase is empty");
+            r = nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "key: the passphrase is empty");
         key->kind = NVRAM_KEY_PASSPHRASE;
         memcpy(key->material, buf, len);
         key->length = len;
         key->cbc_bytes = ks.mode && strcmp(ks.mode, "aes-256-cbc") == 0 ? 32 : 16;
         if (ks.mode && strcmp(ks.mode, "aes-cbc") != 0 && strcmp(ks.mode, "aes-256-cbc") != 0)
-            r = nv_error_set(err, -EINVAL, "key: mode=%s (aes-cbc or aes-256-cbc)", ks.mode);
+            r = nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                    "key: mode=%s (aes-cbc or aes-256-cbc)", ks.mode);
     } else if (r == 0) {
         key->kind = NVRAM_KEY_RAW;
         r = decode_raw(key, buf, len, ks.format, ks.mode, err);

@@ -72,10 +72,10 @@ static int check_blank(struct bdrv_node *bs, uint64_t end, struct nv_error *err)
         size_t n = end - off < ZERO_CHUNK ? (size_t)(end - off) : ZERO_CHUNK;
         r = bdrv_pread(bs, off, buf, n, err);
         if (r == 0 && !nvram_all_zero(buf, n))
-            r = nv_error_set(err, -EUCLEAN,
-                             "%s holds data at offset %llu but no nvtpm NVRAM; refusing to "
-                             "format over it",
-                             bdrv_filename(bs), (unsigned long long)off);
+            r = nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN,
+                                    "%s holds data at offset %llu but no nvtpm NVRAM; refusing to "
+                                    "format over it",
+                                    bdrv_filename(bs), (unsigned long long)off);
     }
     free(buf);
     return r;
@@ -158,10 +158,10 @@ static int give_back_leaks(struct bdrv_node *bs, struct nv_error *err)
         return nv_error_prefix(err, r, "%s: checking the image before formatting it",
                                bdrv_filename(bs));
     if (res.corruptions)
-        return nv_error_set(err, -EUCLEAN,
-                            "%s: the image's metadata is corrupt (first: %s); refusing to "
-                            "format it",
-                            bdrv_filename(bs), res.first_problem);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN,
+                                   "%s: the image's metadata is corrupt (first: %s); refusing to "
+                                   "format it",
+                                   bdrv_filename(bs), res.first_problem);
     return 0;
 }
 
@@ -199,21 +199,23 @@ static int format_image(struct bdrv_node *bs, const struct nvram_options *opts,
                         struct nvram_super *sb, uint8_t *data_key, struct nv_error *err)
 {
     if (opts->tpm_version != 1 && opts->tpm_version != 2)
-        return nv_error_set(err, -EINVAL, "%s: formatting needs a TPM version (1.2 or 2.0)",
-                            bdrv_filename(bs));
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL,
+                                   "%s: formatting needs a TPM version (1.2 or 2.0)",
+                                   bdrv_filename(bs));
     int64_t size = bdrv_getlength(bs, err);
     if (size < 0)
         return (int)size;
     if ((uint64_t)size < NVRAM_MIN_DISK_SIZE)
-        return nv_error_set(err, -EMSGSIZE,
-                            "%s is too small for a TPM's NVRAM: %lld bytes, at "
-                            "least %u needed",
-                            bdrv_filename(bs), (long long)size, NVRAM_MIN_DISK_SIZE);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -EMSGSIZE,
+                                   "%s is too small for a TPM's NVRAM: %lld bytes, at "
+                                   "least %u needed",
+                                   bdrv_filename(bs), (long long)size, NVRAM_MIN_DISK_SIZE);
     uint64_t end;
     char why[160];
     int r = new_super(sb, opts, data_key, err);
     if (r == 0 && nvram_super_extent(sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
-        r = nv_error_set(err, -EMSGSIZE, "%s: %s", bdrv_filename(bs), why);
+        r = nv_error_set_status(err, NV_STATUS_CORRUPT, -EMSGSIZE, "%s: %s", bdrv_filename(bs),
+                                why);
     if (r == 0 && (r = bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, lock_timeout(opts), err)) == 0) {
         r = format_locked(bs, sb, data_key, end, err);
         bdrv_unlock(bs, NULL);
@@ -237,16 +239,18 @@ static int check_key(struct nvram *nv, const struct nvram_options *opts, struct 
     const char *img = bdrv_filename(nv->bs);
     nv->key_slot = -1;
     if (nv->sb.cipher == NVRAM_CIPHER_NONE)
-        return opts->key ? nv_error_set(err, -EKEYREVOKED,
-                                        "%s is not encrypted, but a key was given (leave it "
-                                        "out, or encrypt the image with nvtpm encrypt)",
-                                        img)
+        return opts->key ? nv_error_set_status(err, NV_STATUS_KEY_UNNEEDED, -EKEYREVOKED,
+                                               "%s is not encrypted, but a key was given (leave it "
+                                               "out, or encrypt the image with nvtpm encrypt)",
+                                               img)
                          : 0;
     if (!opts->key)
-        return nv_error_set(err, -ENOKEY, "%s is encrypted; give --key", img);
+        return nv_error_set_status(err, NV_STATUS_KEY_MISSING, -ENOKEY,
+                                   "%s is encrypted; give --key", img);
     nv->key_slot = nvram_keys_unlock(&nv->sb, opts->key, nv->data_key);
     if (nv->key_slot < 0)
-        return nv_error_set(err, -EKEYREJECTED, "the key matches no key slot of %s", img);
+        return nv_error_set_status(err, NV_STATUS_KEY_WRONG, -EKEYREJECTED,
+                                   "the key matches no key slot of %s", img);
     return 0;
 }
 
@@ -259,10 +263,10 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
      * one cut short) is not an NVRAM, whatever the read past its end says. */
     int64_t size = bdrv_getlength(nv->bs, err);
     if (size >= 0 && (uint64_t)size < NVRAM_MIN_DISK_SIZE)
-        return nv_error_set(err, -EMSGSIZE,
-                            "%s is too small for a TPM's NVRAM: %lld bytes, at "
-                            "least %u needed",
-                            img, (long long)size, NVRAM_MIN_DISK_SIZE);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -EMSGSIZE,
+                                   "%s is too small for a TPM's NVRAM: %lld bytes, at "
+                                   "least %u needed",
+                                   img, (long long)size, NVRAM_MIN_DISK_SIZE);
     struct nvram_super made;
     bool formatted = false;
     int r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
@@ -274,9 +278,11 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
         r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
     }
     if (r == -ENODATA)
-        return nv_error_set(err, -ENODATA, "%s is blank: it holds no TPM state yet", img);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -ENODATA,
+                                   "%s is blank: it holds no TPM state yet", img);
     if ((r == -EUCLEAN || r == -ENOMEDIUM) && why[0])
-        return nv_error_set(err, r, "%s is not a usable nvtpm NVRAM: %s", img, why);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, r, "%s is not a usable nvtpm NVRAM: %s",
+                                   img, why);
     if (r < 0)
         return r;
     if (!valid[0] || !valid[1])
@@ -286,15 +292,15 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
     if (size < 0)
         return (int)size;
     if (nvram_super_extent(&nv->sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
-        return nv_error_set(err, -EUCLEAN, "%s: %s", img, why);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN, "%s: %s", img, why);
     /* A truncated qcow2 image maps clusters past its end, which read as
      * zeros: blank slots, an older version, a TPM served as new. */
     if ((r = bdrv_check_mapped(nv->bs, 0, end, err)) < 0)
         return r;
     if (opts->tpm_version && opts->tpm_version != nv->sb.tpm_version)
-        return nv_error_set(err, -EMEDIUMTYPE, "%s holds a TPM %s state, not a TPM %s one", img,
-                            nv->sb.tpm_version == 2 ? "2.0" : "1.2",
-                            opts->tpm_version == 2 ? "2.0" : "1.2");
+        return nv_error_set_status(
+            err, NV_STATUS_NOT_LOADABLE, -EMEDIUMTYPE, "%s holds a TPM %s state, not a TPM %s one",
+            img, nv->sb.tpm_version == 2 ? "2.0" : "1.2", opts->tpm_version == 2 ? "2.0" : "1.2");
     /* The superblock this open wrote: its data key is at hand, and a
      * passphrase's slot is not derived a second time (PBKDF2 costs most of
      * an encrypted first start; swtpm_setup waits 5 s for the pid file). */
@@ -310,10 +316,11 @@ int nvram_check_manufactured(struct bdrv_node *bs, const struct nvram_super *sb,
 {
     if (!(sb->flags & NVRAM_SB_MANUFACTURED) || (permall_current >= 0 && !permall_deleted))
         return 0;
-    return nv_error_set(err, -EUCLEAN,
-                        "%s: permall is %s, but the superblock says this TPM was manufactured: "
-                        "its state is damaged; refusing to start it blank",
-                        bdrv_filename(bs), permall_current < 0 ? "blank" : "marked deleted");
+    return nv_error_set_status(
+        err, NV_STATUS_CORRUPT, -EUCLEAN,
+        "%s: permall is %s, but the superblock says this TPM was manufactured: "
+        "its state is damaged; refusing to start it blank",
+        bdrv_filename(bs), permall_current < 0 ? "blank" : "marked deleted");
 }
 
 static int check_permall(struct nvram *nv, struct nv_error *err)
@@ -359,8 +366,9 @@ int nvram_refresh(struct nvram *nv, struct nv_error *err)
         return r;
     r = nvram_read_super(nv->bs, &sb, &copy, valid, why, sizeof(why), err);
     if (r == -ENODATA || ((r == -EUCLEAN || r == -ENOMEDIUM) && why[0]))
-        r = nv_error_set(err, r == -ENODATA ? -EUCLEAN : r, "%s no longer holds its NVRAM: %s", img,
-                         r == -ENODATA ? "it is blank" : why);
+        r = nv_error_set_status(err, NV_STATUS_CORRUPT, r == -ENODATA ? -EUCLEAN : r,
+                                "%s no longer holds its NVRAM: %s", img,
+                                r == -ENODATA ? "it is blank" : why);
     else if (r == 0 && (memcmp(sb.uuid, nv->sb.uuid, sizeof(sb.uuid)) != 0 ||
                         sb.cipher != nv->sb.cipher || sb.tpm_version != nv->sb.tpm_version))
         r = nv_error_set(err, -ESTALE,
@@ -372,7 +380,7 @@ int nvram_refresh(struct nvram *nv, struct nv_error *err)
     if (size < 0)
         r = (int)size;
     else if (nvram_super_extent(&sb, (uint64_t)size, &end, why, sizeof(why)) < 0)
-        r = nv_error_set(err, -EUCLEAN, "%s: %s", img, why);
+        r = nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN, "%s: %s", img, why);
     else
         r = bdrv_check_mapped(nv->bs, 0, end, err);
     if (r == 0) {
@@ -491,9 +499,10 @@ int nvram_scan_blob(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size
                        img, name, 'A' + s, info[s].problem, 'A' + cur,
                        (unsigned long long)info[cur].sequence);
     if (cur < 0 && (info[0].state == NVRAM_SLOT_DAMAGED || info[1].state == NVRAM_SLOT_DAMAGED))
-        return nv_error_set(err, -EUCLEAN, "%s: both slots of %s are unusable (A: %s; B: %s)", img,
-                            name, info[0].state == NVRAM_SLOT_BLANK ? "blank" : info[0].problem,
-                            info[1].state == NVRAM_SLOT_BLANK ? "blank" : info[1].problem);
+        return nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN,
+                                   "%s: both slots of %s are unusable (A: %s; B: %s)", img, name,
+                                   info[0].state == NVRAM_SLOT_BLANK ? "blank" : info[0].problem,
+                                   info[1].state == NVRAM_SLOT_BLANK ? "blank" : info[1].problem);
     nv->blob[blob].current = cur;
     nv->blob[blob].sequence = cur >= 0 ? info[cur].sequence : 0;
     nv->blob[blob].deleted = cur >= 0 && info[cur].deleted;
@@ -618,8 +627,9 @@ int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, si
      * and go above everything on disk. */
     r = disk_sequence(nv, blob, &on_disk, err);
     if (r == 0 && on_disk == UINT64_MAX) /* no number left above it: damaged */
-        r = nv_error_set(err, -EUCLEAN, "%s: a %s slot header claims the last sequence number", img,
-                         nvram_blob_name(blob));
+        r = nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN,
+                                "%s: a %s slot header claims the last sequence number", img,
+                                nvram_blob_name(blob));
     if (r == 0 && on_disk >= seq && (r = nvram_scan_blob(nv, blob, NULL, NULL, err)) == 0)
         r = seal_next(nv, blob, data, length, deleted, cipher, on_disk, &target, &seq, &written,
                       err);

@@ -27,7 +27,8 @@ static int listen_tcp(const struct tpm_channel_config *c, const char *what, stru
     snprintf(port, sizeof(port), "%u", c->port);
     int e = getaddrinfo(addr, port, &hints, &res);
     if (e)
-        return nv_error_set(err, -EINVAL, "%s: bind address %s: %s", what, addr, gai_strerror(e));
+        return nv_error_set_status(err, NV_STATUS_USAGE, -EINVAL, "%s: bind address %s: %s", what,
+                                   addr, gai_strerror(e));
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
     int r = fd < 0 ? -errno : 0;
     if (r == 0)

@@ -876,7 +876,8 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     set_fd(&l, P_SIGNAL, signal_fd(&old));
     set_fd(&l, P_WAKE, s.wake[0]);
     if (r == 0 && pthread_create(&thread, NULL, tpm_thread, &s) != 0)
-        r = nv_error_set(err, -EAGAIN, "server: cannot start the TPM thread");
+        r = nv_error_set_status(err, NV_STATUS_IO, -EAGAIN, /* no room for a thread: not busy */
+                                "server: cannot start the TPM thread");
     while (r == 0 && !l.done)
         r = loop_round(&s, &l, err);
     if (r == 0 || l.done) {

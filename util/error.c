@@ -1,4 +1,4 @@
-/* error.c - the error object: a negative errno plus a message for humans. */
+/* error.c - the error object: a negative errno, a status and a message for humans. */
 #include "util.h"
 
 #include <errno.h>
@@ -13,17 +13,49 @@ static int normalise_code(int code)
     return code ? code : -EIO;
 }
 
-int nv_error_set(struct nv_error *err, int code, const char *fmt, ...)
+static int set_v(struct nv_error *err, enum nv_status status, int code, const char *fmt, va_list ap)
+    NV_PRINTF(4, 0);
+
+static int set_v(struct nv_error *err, enum nv_status status, int code, const char *fmt, va_list ap)
 {
     code = normalise_code(code);
     if (!err)
         return code;
+    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    err->code = code;
+    err->status = status;
+    return code;
+}
+
+int nv_error_set(struct nv_error *err, int code, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    code = set_v(err, NV_STATUS_UNSET, code, fmt, ap);
     va_end(ap);
-    err->code = code;
     return code;
+}
+
+int nv_error_set_status(struct nv_error *err, enum nv_status status, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    code = set_v(err, status, code, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int nv_error_mark(struct nv_error *err, enum nv_status status, int code)
+{
+    code = normalise_code(code);
+    if (err)
+        err->status = status;
+    return code;
+}
+
+enum nv_status nv_error_status(const struct nv_error *err)
+{
+    return err ? err->status : NV_STATUS_UNSET;
 }
 
 int nv_error_prefix(struct nv_error *err, int code, const char *fmt, ...)
@@ -67,6 +99,7 @@ void nv_error_clear(struct nv_error *err)
 {
     if (err) {
         err->code = 0;
+        err->status = NV_STATUS_UNSET;
         err->msg[0] = '\0';
     }
 }

@@ -1,7 +1,10 @@
 /* util.h - helpers shared by every layer: the error object and strict number parsing.
  *
  * Errors travel up as a negative errno return value plus a struct nv_error whose
- * message names the file, field or offset involved. Everything here sits below
+ * message names the file, field or offset involved, and whose status says
+ * what the failure means to the user where the code that detected it knows
+ * (the errno is only its cause: an EINVAL from deep down is not a bad command
+ * line, an ENOSPC not a damaged image). Everything here sits below
  * fdstash/ in the layer list and calls nothing of the project. */
 #ifndef NVTPM_UTIL_H
 #define NVTPM_UTIL_H
@@ -12,27 +15,55 @@
 
 #define NV_ERROR_MSG_MAX 512
 
-/* The error object. code is a negative errno (0 = no error). */
+/* What a failure means, apart from its errno; the CLI's exit codes follow it.
+ * UNSET: the site did not know, and the errno alone is left to go by. */
+enum nv_status {
+    NV_STATUS_UNSET = 0,
+    NV_STATUS_USAGE,        /* a bad option, value or request from the user */
+    NV_STATUS_CORRUPT,      /* not an nvtpm NVRAM, damaged, blank, too small */
+    NV_STATUS_KEY_MISSING,  /* encrypted, and no key was given */
+    NV_STATUS_KEY_WRONG,    /* the key opens nothing */
+    NV_STATUS_KEY_UNNEEDED, /* a key was given for something not encrypted */
+    NV_STATUS_BUSY,         /* another process holds the image or folder */
+    NV_STATUS_NOT_LOADABLE, /* the state cannot be loaded here (TPM version, libtpms) */
+    NV_STATUS_IO,           /* the system failed us: I/O, a full disk, memory, permissions */
+};
+
+/* The error object. code is a negative errno (0 = no error), the cause;
+ * status is the meaning, set where it is known. */
 struct nv_error {
     int code;
+    enum nv_status status;
     char msg[NV_ERROR_MSG_MAX];
 };
 
 #define NV_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
 /* Record an error and return it. code may be given as errno or -errno; the
- * stored and returned value is always negative. err may be NULL. */
+ * stored and returned value is always negative. err may be NULL. The status
+ * becomes UNSET: a new message is a new error. */
 int nv_error_set(struct nv_error *err, int code, const char *fmt, ...) NV_PRINTF(3, 4);
+
+/* nv_error_set with the error's meaning. */
+int nv_error_set_status(struct nv_error *err, enum nv_status status, int code, const char *fmt, ...)
+    NV_PRINTF(4, 5);
+
+/* Give the error already recorded its meaning and return code (made
+ * negative), as nv_error_prefix does: return nv_error_mark(err, ..., r). */
+int nv_error_mark(struct nv_error *err, enum nv_status status, int code);
 
 /* Prepend "<prefix>: " to the message already recorded and return code (made
  * negative), so callers write return nv_error_prefix(err, r, ...) and keep the
- * errno even when err is NULL. */
+ * errno even when err is NULL. The status stays (so for nv_error_append). */
 int nv_error_prefix(struct nv_error *err, int code, const char *fmt, ...) NV_PRINTF(3, 4);
 
 /* Append " <suffix>" to the message already recorded; returns like nv_error_prefix. */
 int nv_error_append(struct nv_error *err, int code, const char *fmt, ...) NV_PRINTF(3, 4);
 
 void nv_error_clear(struct nv_error *err);
+
+/* The status of err, or NV_STATUS_UNSET (err NULL). */
+enum nv_status nv_error_status(const struct nv_error *err);
 
 /* One line on a server's log: prefix (NULL: none; --log's prefix=, which
  * swtpm puts before each of its lines), the message, a newline, in one

@@ -5,7 +5,8 @@
 # corrupt), a FIFO in the image's place (9), a full file system (9, one line,
 # nothing half made left). And `validate` answers what `socket` will do for
 # every refusal of the server's read-write open: the dirty and corrupt bits,
-# a file the user cannot write.
+# a file the user cannot write. An EINVAL met below (a key file's read, a
+# state file that is a folder) is 9, not a usage error.
 # Usage: test-exit-codes.sh NVTPM
 set -u
 . "$(dirname "$0")/../lib.sh"
@@ -91,6 +92,18 @@ as_nobody timeout 20 "$NVTPM" socket --tpm2 --tpmstate "file=$T/ro.qcow2" \
         "socket $sgot ($(cat "$T/serr")), validate $vgot ($(cat "$T/err"))"
 grep -q "read-write" "$T/err" && pass "validate says it cannot open it read-write" ||
     fail "validate says it cannot open it read-write" "$(cat "$T/err")"
+
+# --- an EINVAL from below is no usage error: 9; a malformed option still is 1 -----------------
+# (exit 1 before struct nv_error had a status: every EINVAL read as usage)
+same_code "a key file whose read fails with EINVAL: create exits 9, not 1 (usage)" 9 \
+    "$NVTPM" create "$T/einval.qcow2" --key file=/proc/self/pagemap
+[ ! -e "$T/einval.qcow2" ] && pass "and makes no image" || fail "and makes no image"
+same_code "a malformed --key: create exits 1 (usage)" 1 \
+    "$NVTPM" create "$T/einval.qcow2" --key file=/proc/self/pagemap,bogus=1
+mkdir -p "$T/swdir/tpm2-00.permall"
+same_code "a state file that is a folder: import exits 9 (other errors), not 1" 9 \
+    "$NVTPM" import "$T/einval.qcow2" --from-dir "$T/swdir"
+[ ! -e "$T/einval.qcow2" ] && pass "and makes no image" || fail "and makes no image"
 
 # --- a full file system: 9 (an I/O error), one line, nothing half made ----------------------
 M=$T/full
