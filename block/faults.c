@@ -284,8 +284,6 @@ struct bdrv_fault_action bdrv_faults_next(struct bdrv_faults *f, enum bdrv_fault
         if (r->op != op || (r->event >= 0 && !r->armed))
             continue;
         uint64_t n = r->event >= 0 ? ++r->since : count;
-        if (r->event >= 0 && n == r->nth && !r->and_after)
-            r->armed = false; /* until the next announcement */
         if (!(n == r->nth || (r->and_after && n > r->nth)))
             continue;
         if (r->short_transfer)
