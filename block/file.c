@@ -235,7 +235,8 @@ static struct bdrv_fault_action fault_next(struct bdrv_node *bs, enum bdrv_fault
 
 static void faults_event(struct bdrv_node *bs, enum bdrv_event ev)
 {
-    bdrv_faults_event(state(bs)->faults, ev);
+    if (state(bs)->faults)
+        bdrv_faults_event(state(bs)->faults, ev);
 }
 
 static int io_error(struct bdrv_node *bs, const char *what, uint64_t offset, size_t len, int e,
