@@ -174,6 +174,33 @@ int bdrv_reopen(struct bdrv_node *bs, unsigned new_flags, struct nv_error *err);
  * this image?". 0 when nothing would be refused. */
 int bdrv_check_writable(struct bdrv_node *bs, struct nv_error *err);
 
+/* ---- named fault points --------------------------------------------------- */
+
+/* Points in the layers above the protocol driver, announced just before the
+ * request they name: a "faults:" rule can fail the request that follows one
+ * (write=qcow2-l2-update:EIO) whatever else the code path writes, where a
+ * request count would shift with it. Layers above block/ (nvram) name theirs
+ * here too, since calls only go downward. Adding one: docs/development.md. */
+enum bdrv_event {
+    BDRV_EV_QCOW2_HEADER_UPDATE,   /* qcow2: the header's fixed fields */
+    BDRV_EV_QCOW2_L1_UPDATE,       /* qcow2: the L1 table */
+    BDRV_EV_QCOW2_L2_UPDATE,       /* qcow2: one L2 table */
+    BDRV_EV_QCOW2_REFTABLE_UPDATE, /* qcow2: the refcount table */
+    BDRV_EV_QCOW2_REFBLOCK_UPDATE, /* qcow2: one refcount block */
+    BDRV_EV_NVRAM_SUPER_UPDATE,    /* nvram: a superblock copy */
+    BDRV_EV_NVRAM_FORMAT_ZEROS,    /* nvram: a format's zeros over the whole area */
+    BDRV_EV_NVRAM_FORMAT_MARKERS,  /* nvram: a format's initial DELETED slots */
+    BDRV_EV_NVRAM_COMMIT_SLOT,     /* nvram: a commit's slot, header and payload */
+    BDRV_EV_NVRAM_COMMIT_UNDO,     /* nvram: blanking that header when the flush failed */
+    BDRV_EV_COUNT
+};
+
+/* The event's name in rules ("qcow2-l2-update"); NULL if out of range. */
+const char *bdrv_event_name(enum bdrv_event ev);
+/* Announce ev on bs; it reaches the protocol node under it (only the faults
+ * driver acts on it). */
+void bdrv_event(struct bdrv_node *bs, enum bdrv_event ev);
+
 /* ---- the write log of the fault-injection driver -------------------------- */
 
 enum bdrv_wlog_kind {

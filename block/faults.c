@@ -2,15 +2,19 @@
  *
  * Spec: faults:RULE[,RULE...]:SPEC, where SPEC is what the file driver takes
  * and a RULE is one of
- *   read=N[+][:ERRNO]  write=N[+][:ERRNO]  flush=N[+][:ERRNO]
- *       fail the Nth request (counted from 1; with "+", it and every later
- *       one) with ERRNO (default EIO); EINTR fails one attempt, which the
- *       driver retries
- *   short-read=N[+]  short-write=N[+]
- *       the first transfer of the Nth request moves half the bytes
+ *   read=WHEN[:ERRNO]  write=WHEN[:ERRNO]  flush=WHEN[:ERRNO]
+ *       fail the request WHEN names with ERRNO (default EIO); EINTR fails
+ *       one attempt, which the driver retries
+ *   short-read=WHEN  short-write=WHEN
+ *       the first transfer of that request moves half the bytes
  *   log=FILE
  *       append every write that reached the file and every flush to FILE
- * FILE must contain neither ',' nor ':'. See docs/block.md for the log format. */
+ * WHEN is
+ *   N[+]          the Nth request of its kind since the open (counted from 1)
+ *   EVENT[/N][+]  the Nth (default first) one after each announcement of the
+ *                 named point EVENT (bdrv_event; "qcow2-l2-update")
+ * and with "+", that request and every later one. FILE must contain neither
+ * ',' nor ':'. See docs/block.md for the log format. */
 #include "internal.h"
 
 #include <errno.h>
@@ -28,10 +32,13 @@
 
 struct fault_rule {
     enum bdrv_fault_op op;
+    int event; /* a bdrv_event, or -1: count from the open */
     uint64_t nth;
     bool and_after;
     int error;
     bool short_transfer;
+    bool armed;     /* event rules: announced, so counting requests */
+    uint64_t since; /* event rules: requests of op since the announcement */
 };
 
 struct bdrv_faults {
@@ -71,19 +78,80 @@ static size_t token_len(const char *p)
     return strcspn(p, ",:");
 }
 
-static int parse_count(const char *p, size_t len, struct fault_rule *r)
+static const char *const event_names[BDRV_EV_COUNT] = {
+    [BDRV_EV_QCOW2_HEADER_UPDATE] = "qcow2-header-update",
+    [BDRV_EV_QCOW2_L1_UPDATE] = "qcow2-l1-update",
+    [BDRV_EV_QCOW2_L2_UPDATE] = "qcow2-l2-update",
+    [BDRV_EV_QCOW2_REFTABLE_UPDATE] = "qcow2-reftable-update",
+    [BDRV_EV_QCOW2_REFBLOCK_UPDATE] = "qcow2-refblock-update",
+    [BDRV_EV_NVRAM_SUPER_UPDATE] = "nvram-super-update",
+    [BDRV_EV_NVRAM_FORMAT_ZEROS] = "nvram-format-zeros",
+    [BDRV_EV_NVRAM_FORMAT_MARKERS] = "nvram-format-markers",
+    [BDRV_EV_NVRAM_COMMIT_SLOT] = "nvram-commit-slot",
+    [BDRV_EV_NVRAM_COMMIT_UNDO] = "nvram-commit-undo",
+};
+
+const char *bdrv_event_name(enum bdrv_event ev)
+{
+    return (unsigned)ev < BDRV_EV_COUNT ? event_names[ev] : NULL;
+}
+
+static int event_by_name(const char *name, size_t len)
+{
+    for (int i = 0; i < BDRV_EV_COUNT; i++)
+        if (strlen(event_names[i]) == len && memcmp(event_names[i], name, len) == 0)
+            return i;
+    return -1;
+}
+
+/* A request number, N >= 1, all of [p, p + len). */
+static int parse_number(const char *p, size_t len, uint64_t *n)
 {
     char num[24];
-    if (len > 0 && p[len - 1] == '+') {
-        r->and_after = true;
-        len--;
-    }
     if (len == 0 || len >= sizeof(num))
         return -EINVAL;
     memcpy(num, p, len);
     num[len] = '\0';
-    if (nv_parse_u64(num, UINT64_MAX, &r->nth) < 0 || r->nth == 0)
+    if (nv_parse_u64(num, UINT64_MAX, n) < 0 || *n == 0)
         return -EINVAL;
+    return 0;
+}
+
+/* WHEN, at [p, p + len) of the rule that starts at rule: N[+] or EVENT[/N][+]. */
+static int parse_when(const char *rule, const char *p, size_t len, struct fault_rule *r,
+                      struct nv_error *err)
+{
+    int rule_len = (int)(p + len - rule);
+    if (len > 0 && p[len - 1] == '+') {
+        r->and_after = true;
+        len--;
+    }
+    r->event = -1;
+    r->nth = 1;
+    if (len > 0 && p[0] >= '0' && p[0] <= '9') {
+        if (parse_number(p, len, &r->nth) < 0)
+            return nv_error_set(err, -EINVAL,
+                                "faults: rule '%.*s': '%.*s' is not a request number (N or N+)",
+                                rule_len, rule, (int)len, p);
+        return 0;
+    }
+    const char *slash = memchr(p, '/', len);
+    size_t name_len = slash ? (size_t)(slash - p) : len;
+    if (slash && parse_number(slash + 1, len - name_len - 1, &r->nth) < 0)
+        return nv_error_set(err, -EINVAL,
+                            "faults: rule '%.*s': '%.*s' is not a request number after the event",
+                            rule_len, rule, (int)(len - name_len - 1), slash + 1);
+    r->event = event_by_name(p, name_len);
+    if (r->event < 0) {
+        char names[400] = "";
+        for (int i = 0; i < BDRV_EV_COUNT; i++)
+            snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", i ? ", " : "",
+                     event_names[i]);
+        return nv_error_set(err, -EINVAL,
+                            "faults: rule '%.*s': '%.*s' is neither a request number (N, N+) "
+                            "nor an event (EVENT, EVENT/N, EVENT+; events: %s)",
+                            rule_len, rule, (int)name_len, p, names);
+    }
     return 0;
 }
 
@@ -129,7 +197,7 @@ static int parse_rule(struct bdrv_faults *f, const char **pp, struct nv_error *e
     if (f->nrules == FAULT_RULES_MAX)
         return nv_error_set(err, -E2BIG, "faults: more than %d rules", FAULT_RULES_MAX);
     struct fault_rule *r = &f->rules[f->nrules];
-    *r = (struct fault_rule){.error = EIO};
+    *r = (struct fault_rule){.error = EIO, .event = -1};
     unsigned k;
     for (k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
         if (strlen(keys[k].key) == key_len && memcmp(keys[k].key, p, key_len) == 0)
@@ -138,9 +206,9 @@ static int parse_rule(struct bdrv_faults *f, const char **pp, struct nv_error *e
         return nv_error_set(err, -EINVAL, "faults: unknown rule '%.*s'", (int)key_len, p);
     r->op = keys[k].op;
     r->short_transfer = keys[k].short_transfer;
-    if (parse_count(value, value_len, r) < 0)
-        return nv_error_set(err, -EINVAL, "faults: '%.*s' is not a request number (N or N+)",
-                            (int)value_len, value);
+    int ret = parse_when(p, value, value_len, r, err);
+    if (ret < 0)
+        return ret;
     p = value + value_len;
     if (!r->short_transfer && *p == ':') {
         int e = errno_by_name(p + 1, token_len(p + 1));
@@ -194,13 +262,29 @@ void bdrv_faults_free(struct bdrv_faults *f)
 static void log_record(struct bdrv_faults *f, uint32_t kind, uint64_t offset, const void *buf,
                        size_t len);
 
+void bdrv_faults_event(struct bdrv_faults *f, enum bdrv_event ev)
+{
+    for (unsigned i = 0; i < f->nrules; i++) {
+        struct fault_rule *r = &f->rules[i];
+        /* A "+" rule counts from the first announcement on: later ones
+         * neither delay nor end it. */
+        if (r->event == (int)ev && !(r->and_after && r->armed)) {
+            r->armed = true;
+            r->since = 0;
+        }
+    }
+}
+
 struct bdrv_fault_action bdrv_faults_next(struct bdrv_faults *f, enum bdrv_fault_op op)
 {
     struct bdrv_fault_action act = {0, false};
-    uint64_t n = ++f->count[op];
+    uint64_t count = ++f->count[op];
     for (unsigned i = 0; i < f->nrules; i++) {
-        const struct fault_rule *r = &f->rules[i];
-        if (r->op != op || !(n == r->nth || (r->and_after && n > r->nth)))
+        struct fault_rule *r = &f->rules[i];
+        if (r->op != op || (r->event >= 0 && !r->armed))
+            continue;
+        uint64_t n = r->event >= 0 ? ++r->since : count;
+        if (!(n == r->nth || (r->and_after && n > r->nth)))
             continue;
         if (r->short_transfer)
             act.short_once = true;

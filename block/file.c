@@ -235,6 +235,12 @@ static struct bdrv_fault_action fault_next(struct bdrv_node *bs, enum bdrv_fault
     return s->faults ? bdrv_faults_next(s->faults, op) : none;
 }
 
+static void faults_event(struct bdrv_node *bs, enum bdrv_event ev)
+{
+    if (state(bs)->faults)
+        bdrv_faults_event(state(bs)->faults, ev);
+}
+
 static int io_error(struct bdrv_node *bs, const char *what, uint64_t offset, size_t len, int e,
                     struct nv_error *err)
 {
@@ -525,4 +531,5 @@ static int file_check_writable(struct bdrv_node *bs, struct nv_error *err)
     .reopen_abort = file_reopen_abort, .check_writable = file_check_writable
 
 const struct bdrv_driver bdrv_file = {.name = "file", .open = file_open, FILE_DRIVER_OPS};
-const struct bdrv_driver bdrv_faults = {.name = "faults", .open = faults_open, FILE_DRIVER_OPS};
+const struct bdrv_driver bdrv_faults = {
+    .name = "faults", .open = faults_open, .event = faults_event, FILE_DRIVER_OPS};

@@ -50,6 +50,9 @@ struct bdrv_driver {
      * failure the node keeps its old state and the ownership is given back. */
     int (*invalidate)(struct bdrv_node *bs, struct nv_error *err);
 
+    /* Protocol hook: a named point was announced (bdrv_event); optional. */
+    void (*event)(struct bdrv_node *bs, enum bdrv_event ev);
+
     /* Lock hook (protocol): the descriptor whose open file description
      * carries this node's OFD locks. */
     int (*lock_fd)(struct bdrv_node *bs);
@@ -148,6 +151,8 @@ struct bdrv_fault_action {
 struct bdrv_faults *bdrv_faults_parse(const char *text, const char **rest, struct nv_error *err);
 void bdrv_faults_free(struct bdrv_faults *f);
 struct bdrv_fault_action bdrv_faults_next(struct bdrv_faults *f, enum bdrv_fault_op op);
+/* Arm the rules that wait for ev. */
+void bdrv_faults_event(struct bdrv_faults *f, enum bdrv_event ev);
 void bdrv_faults_log_write(struct bdrv_faults *f, uint64_t offset, const void *buf, size_t len);
 void bdrv_faults_log_flush(struct bdrv_faults *f);
 

@@ -199,6 +199,13 @@ int bdrv_flush(struct bdrv_node *bs, struct nv_error *err)
     return noted(bs, bs->drv->flush(bs, err));
 }
 
+void bdrv_event(struct bdrv_node *bs, enum bdrv_event ev)
+{
+    struct bdrv_node *leaf = bdrv_leaf(bs);
+    if (leaf->drv->event)
+        leaf->drv->event(leaf, ev);
+}
+
 int64_t bdrv_getlength(struct bdrv_node *bs, struct nv_error *err)
 {
     return bs->drv->getlength(bs, err);

@@ -67,8 +67,10 @@ static int victim(struct bdrv_node *bs, struct qcow2_cache *c, struct qcow2_tabl
         if (s->in_flush) {
             /* Inside the flush, whatever ordering this table needed is met. */
             r = qcow2_check_overlap(bs, best->offset, s->cluster_size, c->kind, err);
-            if (r == 0)
+            if (r == 0) {
+                qcow2_announce_write(s->file, c->kind);
                 r = bdrv_pwrite(s->file, best->offset, best->data, s->cluster_size, err);
+            }
             s->need_sync = true;
             if (r == 0)
                 best->dirty = false;
@@ -128,6 +130,18 @@ bool qcow2_cache_has_dirty(const struct qcow2_cache *c)
     return false;
 }
 
+void qcow2_announce_write(struct bdrv_node *bs, enum qcow2_meta kind)
+{
+    static const enum bdrv_event events[] = {
+        [QCOW2_META_L1] = BDRV_EV_QCOW2_L1_UPDATE,
+        [QCOW2_META_REFTABLE] = BDRV_EV_QCOW2_REFTABLE_UPDATE,
+        [QCOW2_META_L2] = BDRV_EV_QCOW2_L2_UPDATE,
+        [QCOW2_META_REFBLOCK] = BDRV_EV_QCOW2_REFBLOCK_UPDATE,
+    };
+    if (kind != QCOW2_META_NONE && (size_t)kind < sizeof(events) / sizeof(events[0]))
+        bdrv_event(bs, events[kind]);
+}
+
 int qcow2_cache_write_dirty(struct bdrv_node *bs, struct qcow2_cache *c, enum qcow2_meta kind,
                             struct nv_error *err)
 {
@@ -137,8 +151,10 @@ int qcow2_cache_write_dirty(struct bdrv_node *bs, struct qcow2_cache *c, enum qc
         if (!t->dirty)
             continue;
         int r = qcow2_check_overlap(bs, t->offset, s->cluster_size, kind, err);
-        if (r == 0)
+        if (r == 0) {
+            qcow2_announce_write(s->file, kind);
             r = bdrv_pwrite(s->file, t->offset, t->data, s->cluster_size, err);
+        }
         if (r < 0)
             return r;
         t->dirty = false;

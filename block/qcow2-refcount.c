@@ -354,8 +354,10 @@ static int write_table(struct bdrv_node *bs, uint64_t offset, const uint64_t *ta
     for (uint64_t i = 0; i < entries; i++)
         be[i] = htobe64(table[i]);
     int r = qcow2_check_overlap(bs, offset, bytes, kind, err);
-    if (r == 0)
+    if (r == 0) {
+        qcow2_announce_write(s->file, kind);
         r = bdrv_pwrite(s->file, offset, be, bytes, err);
+    }
     free(be);
     s->need_sync = true;
     return r;

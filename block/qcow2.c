@@ -425,6 +425,7 @@ int qcow2_write_header_fields(struct bdrv_node *bs, bool with_l1, struct nv_erro
     nv_put_be32(h + 100, s->header_length);
     size_t len = s->version == 2 ? QCOW2_V2_HEADER_LEN : QCOW2_V3_HEADER_LEN;
     s->need_sync = true;
+    bdrv_event(s->file, BDRV_EV_QCOW2_HEADER_UPDATE);
     return bdrv_pwrite(s->file, 0, h, len, err);
 }
 

@@ -153,6 +153,8 @@ int qcow2_cache_get(struct bdrv_node *bs, struct qcow2_cache *c, uint64_t offset
                     uint8_t **data, struct nv_error *err);
 void qcow2_cache_mark_dirty(struct qcow2_cache *c, uint64_t offset);
 /* Write every dirty table of c (after an overlap check each). */
+/* Announce the write of a metadata table of this kind (bdrv_event). */
+void qcow2_announce_write(struct bdrv_node *bs, enum qcow2_meta kind);
 int qcow2_cache_write_dirty(struct bdrv_node *bs, struct qcow2_cache *c, enum qcow2_meta kind,
                             struct nv_error *err);
 bool qcow2_cache_has_dirty(const struct qcow2_cache *c);

@@ -89,6 +89,7 @@ static int write_zeros(struct bdrv_node *bs, uint64_t end, struct nv_error *err)
     int r = 0;
     /* Real writes, not zero clusters: every cluster gets allocated now, so
      * that commits never change qcow2 metadata. */
+    bdrv_event(bs, BDRV_EV_NVRAM_FORMAT_ZEROS);
     for (uint64_t off = 0; off < end && r == 0; off += ZERO_CHUNK)
         r = bdrv_pwrite(bs, off, zeros, end - off < ZERO_CHUNK ? (size_t)(end - off) : ZERO_CHUNK,
                         err);
@@ -101,6 +102,7 @@ int nvram_write_super(struct bdrv_node *bs, const struct nvram_super *sb, int co
 {
     uint8_t raw[NVRAM_SB_SIZE];
     nvram_super_encode(sb, raw);
+    bdrv_event(bs, BDRV_EV_NVRAM_SUPER_UPDATE);
     int r = bdrv_pwrite(bs, NVRAM_SB_OFFSET(copy), raw, sizeof(raw), err);
     if (r == 0 && sync)
         r = bdrv_flush(bs, err);
@@ -116,6 +118,7 @@ static int write_markers(struct bdrv_node *bs, const struct nvram_super *sb,
     uint8_t slot[NVRAM_SLOT_HEADER_SIZE];
     size_t written;
     int r = 0;
+    bdrv_event(bs, BDRV_EV_NVRAM_FORMAT_MARKERS);
     for (int b = 0; b < NVRAM_BLOBS && r == 0; b++) {
         r = nvram_slot_seal(sb, (enum nvram_blob)b, 1, NULL, 0, true, (enum nvram_cipher)sb->cipher,
                             data_key, slot, sizeof(slot), &written);
@@ -635,13 +638,16 @@ int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, si
                       err);
     if (r == 0)
         r = update_manufactured(nv, blob, deleted, err);
-    if (r == 0)
+    if (r == 0) {
+        bdrv_event(nv->bs, BDRV_EV_NVRAM_COMMIT_SLOT);
         r = bdrv_pwrite(nv->bs, d->offset[target], nv->buf, written, err);
+    }
     if (r == 0 && !nv->opts.no_sync && (r = bdrv_flush(nv->bs, err)) < 0) {
         /* The new slot may be readable although it is not durable: blank its
          * header (best effort) so that loads keep returning the previous
          * version, as the failed commit tells the caller. */
         static const uint8_t zeros[NVRAM_SLOT_HEADER_SIZE];
+        bdrv_event(nv->bs, BDRV_EV_NVRAM_COMMIT_UNDO);
         if (bdrv_pwrite(nv->bs, d->offset[target], zeros, sizeof(zeros), NULL) == 0)
             bdrv_flush(nv->bs, NULL);
     }

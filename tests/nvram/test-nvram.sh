@@ -148,9 +148,13 @@ expect_exit 1 "encrypting twice is refused" -- "$NVTPM" encrypt "$T/p.qcow2" --n
 unchanged "$s" "$T/p.qcow2" "encrypting twice"
 
 # --- EIO and ENOSPC at every write and flush of a commit ----------------------------------------
+# Named points, not request numbers: the superblock write (the MANUFACTURED
+# flag, first commit after a durable permall only), the slot's first and
+# second cluster (a torn slot), the slot and all after it, the commit's flush.
 "$NVTPM" create "$T/f.qcow2" >/dev/null
 "$IO" -c 'store permall -P 0x31 150000' "$T/f.qcow2" >/dev/null
-for rule in write=1:EIO write=2:EIO write=3:ENOSPC write=2+:EIO flush=1:EIO flush=1:ENOSPC; do
+for rule in write=nvram-super-update:EIO write=nvram-commit-slot:EIO write=nvram-commit-slot/2:ENOSPC \
+    write=nvram-commit-slot+:EIO flush=nvram-commit-slot:EIO flush=nvram-commit-slot:ENOSPC; do
     expect_exit 1 "$rule: the commit fails" -- "$IO" -c 'store permall -P 0x32 150000' "faults:$rule:$T/f.qcow2"
     expect_output "committing permall" "$rule: the error says what failed"
     expect_exit 0 "$rule: the previous state still loads" -- "$IO" -r -c 'load permall -P 0x31 150000' "$T/f.qcow2"

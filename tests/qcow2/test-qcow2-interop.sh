@@ -176,7 +176,7 @@ qio -r -c 'read -P 0x21 0 1M' -c 'read -P 0x22 1M 4k' "$BM" && pass "bitmaps: th
 cp "$T/bitmap-rw.qcow2" "$T/bitmap-eio.qcow2"
 before=$(md5sum <"$T/bitmap-eio.qcow2")
 expect_exit 1 "bitmaps: a write whose header update fails fails" -- \
-    "$IO" -c 'write -P 0x22 1M 4k' "faults:write=1:EIO:$T/bitmap-eio.qcow2"
+    "$IO" -c 'write -P 0x22 1M 4k' "faults:write=qcow2-header-update:EIO:$T/bitmap-eio.qcow2"
 [ "$(md5sum <"$T/bitmap-eio.qcow2")" = "$before" ] && pass "bitmaps: and writes nothing, the bit still set" \
     || fail "bitmaps: and writes nothing, the bit still set" "autoclear $(autoclear "$T/bitmap-eio.qcow2")"
 # The order on the file: the header (the bit cleared) and a flush come before

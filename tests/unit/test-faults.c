@@ -1,5 +1,6 @@
 /* test-faults.c - cmocka tests of the fault-injection driver: rule syntax,
- * failing and short requests, EINTR, and the write log with its replay. */
+ * failing and short requests by count and after named points, EINTR, and the
+ * write log with its replay. */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -52,6 +54,150 @@ static void bad_rules_refused(void **state)
     snprintf(spec, sizeof(spec), "faults:write=1:EWHATEVER%s", path);
     assert_null(bdrv_open_format("raw", spec, RW_OWNER, NULL, &err));
     assert_int_equal(err.code, -ENOENT);
+}
+
+/* A rule naming an unknown point, or a bad count after one, is refused with
+ * a message that quotes the rule (and lists the points). */
+static void bad_event_rules_refused(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    const char *bad[] = {"write=nosuch-event",
+                         "write=qcow2-l2-update/0",
+                         "write=qcow2-l2-update/",
+                         "write=qcow2-l2-update/x",
+                         "write=/2",
+                         "flush=qcow2-l2-update++",
+                         "write=2x",
+                         "short-write=qcow2-l2-update/-1"};
+    char spec[1400];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(spec, sizeof(spec), "faults:log=%s/l,%s,flush=1:%s", test_dir(), bad[i], path);
+        nv_error_clear(&err);
+        assert_null(bdrv_open_format("raw", spec, RW_OWNER, NULL, &err));
+        assert_int_equal(err.code, -EINVAL);
+        char quoted[64];
+        snprintf(quoted, sizeof(quoted), "faults: rule '%s'", bad[i]);
+        if (!strstr(err.msg, quoted))
+            fail_msg("%s: %s", bad[i], err.msg);
+    }
+    snprintf(spec, sizeof(spec), "faults:read=nosuch:%s", path);
+    assert_null(bdrv_open_format("raw", spec, RW_OWNER, NULL, &err));
+    assert_non_null(strstr(err.msg, "events: qcow2-header-update, "));
+    assert_non_null(strstr(err.msg, "nvram-commit-slot"));
+}
+
+/* Every point has a distinct name of [a-z0-9-] that a rule takes. */
+static void event_names_parse(void **state)
+{
+    (void)state;
+    const char *path = test_file(0, 4096, 0);
+    for (int i = 0; i < BDRV_EV_COUNT; i++) {
+        const char *name = bdrv_event_name((enum bdrv_event)i);
+        assert_non_null(name);
+        assert_int_equal(strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789-"), strlen(name));
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(name, bdrv_event_name((enum bdrv_event)j));
+        char rules[200];
+        snprintf(rules, sizeof(rules), "write=%s/3+:ENOSPC,short-read=%s", name, name);
+        bdrv_close(open_faults(rules, path));
+    }
+    assert_null(bdrv_event_name(BDRV_EV_COUNT));
+}
+
+static void write_ok(struct bdrv_node *bs, uint64_t offset)
+{
+    struct nv_error err = {0};
+    uint8_t b = 1;
+    if (bdrv_pwrite(bs, offset, &b, 1, &err) < 0)
+        fail_msg("write at %llu: %s", (unsigned long long)offset, err.msg);
+}
+
+static void write_fails(struct bdrv_node *bs, uint64_t offset, int code)
+{
+    struct nv_error err = {0};
+    uint8_t b = 1;
+    assert_int_equal(bdrv_pwrite(bs, offset, &b, 1, &err), code);
+}
+
+/* EVENT: the first request after each announcement; EVENT/N the Nth; other
+ * points and other kinds of request do not count. */
+static void write_after_event_fails(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    struct bdrv_node *bs =
+        open_faults("write=nvram-commit-slot:ENOSPC,write=qcow2-l2-update/2,write=3", path);
+    write_ok(bs, 0);
+    bdrv_event(bs, BDRV_EV_NVRAM_SUPER_UPDATE); /* not named by any rule */
+    write_ok(bs, 1);
+    bdrv_event(bs, BDRV_EV_NVRAM_COMMIT_SLOT);
+    assert_int_equal(bdrv_flush(bs, &err), 0); /* a flush is not a write */
+    write_fails(bs, 2, -EIO);                  /* the third write: the counted rule */
+    write_ok(bs, 3); /* the announcement's write was the third one; it is spent */
+    bdrv_event(bs, BDRV_EV_NVRAM_COMMIT_SLOT);
+    write_fails(bs, 4, -ENOSPC);
+    write_ok(bs, 5);
+    bdrv_event(bs, BDRV_EV_QCOW2_L2_UPDATE);
+    bdrv_event(bs, BDRV_EV_NVRAM_COMMIT_SLOT);
+    write_fails(bs, 6, -ENOSPC);
+    write_fails(bs, 7, -EIO); /* the second after qcow2-l2-update */
+    write_ok(bs, 8);
+    bdrv_close(bs);
+}
+
+/* EVENT/N+: from the Nth request after the first announcement on, for
+ * good; announcing it again changes nothing. */
+static void event_and_after_sticks(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    const char *path = test_file(0, 4096, 0);
+    struct bdrv_node *bs = open_faults("flush=nvram-format-zeros/2+:ENOSPC", path);
+    assert_int_equal(bdrv_flush(bs, &err), 0);
+    bdrv_event(bs, BDRV_EV_NVRAM_FORMAT_ZEROS);
+    write_ok(bs, 0);
+    assert_int_equal(bdrv_flush(bs, &err), 0);
+    bdrv_event(bs, BDRV_EV_NVRAM_FORMAT_ZEROS); /* does not restart the count */
+    assert_int_equal(bdrv_flush(bs, &err), -ENOSPC);
+    bdrv_event(bs, BDRV_EV_NVRAM_FORMAT_ZEROS);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(bdrv_flush(bs, &err), -ENOSPC);
+    bdrv_close(bs);
+}
+
+/* Points announced on a format node reach the faults node under it, qcow2's
+ * own among them; on a plain file they do nothing. */
+static void events_pass_down_the_graph(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    char path[700], spec[800];
+    snprintf(path, sizeof(path), "%s/events.qcow2", test_dir());
+    unlink(path);
+    struct bdrv_create_opts opts = {.size = 1 << 20};
+    assert_int_equal(bdrv_create("qcow2", path, &opts, &err), 0);
+    snprintf(spec, sizeof(spec), "faults:write=nvram-commit-slot,write=qcow2-l2-update:EROFS:%s",
+             path);
+    struct bdrv_node *bs = bdrv_open(spec, RW_OWNER, NULL, &err);
+    assert_non_null(bs);
+    assert_string_equal(bdrv_format_name(bs), "qcow2");
+    uint8_t data[512];
+    memset(data, 0x5a, sizeof(data));
+    bdrv_event(bs, BDRV_EV_NVRAM_COMMIT_SLOT);
+    assert_int_equal(bdrv_pwrite(bs, 0, data, sizeof(data), &err), -EIO);
+    /* An allocating write: the L2 table is written by the flush. */
+    assert_int_equal(bdrv_pwrite(bs, 0, data, sizeof(data), &err), 0);
+    assert_int_equal(bdrv_flush(bs, &err), -EROFS);
+    bdrv_close(bs);
+
+    bs = bdrv_open(path, RW_OWNER, NULL, &err);
+    assert_non_null(bs);
+    bdrv_event(bs, BDRV_EV_NVRAM_COMMIT_SLOT);
+    assert_int_equal(bdrv_pwrite(bs, 0, data, sizeof(data), &err), 0);
+    bdrv_close(bs);
 }
 
 static void nth_write_fails(void **state)
@@ -195,6 +341,11 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bad_rules_refused),
+        cmocka_unit_test(bad_event_rules_refused),
+        cmocka_unit_test(event_names_parse),
+        cmocka_unit_test(write_after_event_fails),
+        cmocka_unit_test(event_and_after_sticks),
+        cmocka_unit_test(events_pass_down_the_graph),
         cmocka_unit_test(nth_write_fails),
         cmocka_unit_test(nth_flush_and_read_fail),
         cmocka_unit_test(eintr_and_short_transfers_complete),
