@@ -69,7 +69,7 @@ int mig_blob_wrap(const uint8_t *state, size_t len, const struct mig_key *migrat
             r = nv_error_set(err, -ENOMEM, "out of memory");
     }
     if (inner)
-        mig_wipe(inner, inner_len);
+        nv_wipe(inner, inner_len);
     free(inner);
     uint8_t *b = r == 0 ? malloc(MIG_HEADER_SIZE + sealed_len) : NULL;
     if (r == 0 && !b)
@@ -168,7 +168,7 @@ struct layer {
 static void layer_free(struct layer *l)
 {
     if (l->plain)
-        mig_wipe(l->plain, l->len);
+        nv_wipe(l->plain, l->len);
     free(l->plain);
     l->plain = NULL;
 }

@@ -40,6 +40,4 @@ int mig_cbc_open_v1(const struct mig_key *key, const uint8_t *in, size_t len, ui
  * matches. Without one a state file is in swtpm's older format. */
 bool mig_has_header(const uint8_t *blob, size_t len);
 
-void mig_wipe(void *p, size_t len);
-
 #endif

@@ -76,7 +76,6 @@ int nvram_slot_seal(const struct nvram_super *sb, enum nvram_blob blob, uint64_t
 
 /* crypto.c */
 int nvram_random(void *buf, size_t len);
-void nvram_wipe(void *buf, size_t len);
 void nvram_sha256(const void *a, size_t a_len, const void *b, size_t b_len, uint8_t out[32]);
 int nvram_sha512(const void *in, size_t len, uint8_t out[64]);
 int nvram_gcm_seal(const uint8_t *key, size_t key_len, const uint8_t nonce[12], const uint8_t *aad,

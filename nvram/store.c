@@ -226,7 +226,7 @@ int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct 
     struct nvram_super sb;
     uint8_t data_key[NVRAM_MAX_DATA_KEY];
     int r = format_image(bs, opts, &sb, data_key, err);
-    nvram_wipe(data_key, sizeof(data_key));
+    nv_wipe(data_key, sizeof(data_key));
     return r;
 }
 
@@ -393,7 +393,7 @@ void nvram_close(struct nvram *nv)
         return;
     free(nv->buf);
     if (nv->plain)
-        nvram_wipe(nv->plain, nv->buf_size);
+        nv_wipe(nv->plain, nv->buf_size);
     free(nv->plain);
     nv_secret_free(nv, sizeof(*nv)); /* wiped, the data key with it */
 }
@@ -427,7 +427,7 @@ static int ensure_buffers(struct nvram *nv, size_t size, struct nv_error *err)
         return nv_error_set(err, -ENOMEM, "out of memory");
     }
     if (nv->plain)
-        nvram_wipe(nv->plain, nv->buf_size);
+        nv_wipe(nv->plain, nv->buf_size);
     free(nv->plain);
     nv->plain = plain;
     nv->buf_size = size;
