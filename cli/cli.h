@@ -33,6 +33,12 @@ int cli_fail(int code, const char *fmt, ...) NV_PRINTF(2, 3);
 /* "nvtpm CMD: unknown or malformed option 'OPT'; run 'nvtpm CMD --help'", code 1. */
 int cli_usage_error(const char *cmd, const char *opt);
 
+/* After getopt: the one image argument that check, info, create, key,
+ * encrypt, import and export take. NULL when *r is already set (an option's
+ * error, printed) or when there is not exactly one argument left (then *r is
+ * the usage exit code, the message printed). */
+const char *cli_one_image(const char *cmd, int argc, char **argv, int *r);
+
 /* The version of the libtpms this process runs on, "MAJOR.MINOR.MICRO". */
 const char *cli_libtpms_version(void);
 

@@ -137,12 +137,10 @@ static int parse(const char *cmd, const char *usage, int argc, char **argv, stru
             r = cli_usage_error(cmd, argv[optind - 1]);
         }
     }
-    if (r == 0 && optind != argc - 1)
-        r = cli_fail(CLI_EXIT_USAGE, "%s: give exactly one image (see nvtpm %s --help)", cmd, cmd);
+    a->img = cli_one_image(cmd, argc, argv, &r);
     if (r == 0 && !a->dir)
         r = cli_fail(CLI_EXIT_USAGE, "%s: --%s names swtpm's state folder", cmd,
                      import ? "from-dir" : "to-dir");
-    a->img = r == 0 ? argv[optind] : NULL;
     return r;
 }
 

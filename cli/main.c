@@ -3,6 +3,7 @@
  * Exit codes common to every subcommand: 0 success, 1 usage error (unknown
  * subcommand or option). Subcommands document their own codes above 1. */
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -118,6 +119,17 @@ int cli_usage_error(const char *cmd, const char *opt)
 {
     return cli_fail(CLI_EXIT_USAGE, "%s: unknown or malformed option '%s'; run 'nvtpm %s --help'",
                     cmd, opt, cmd);
+}
+
+const char *cli_one_image(const char *cmd, int argc, char **argv, int *r)
+{
+    if (*r != 0)
+        return NULL;
+    if (optind != argc - 1) {
+        *r = cli_fail(CLI_EXIT_USAGE, "%s: give exactly one image (see nvtpm %s --help)", cmd, cmd);
+        return NULL;
+    }
+    return argv[optind];
 }
 
 const char *cli_libtpms_version(void)
