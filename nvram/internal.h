@@ -69,6 +69,9 @@ void nvram_slot_open(const uint8_t *slot, size_t slot_size, enum nvram_blob blob
  * header. */
 #define NVRAM_SLOT_SEQUENCE_END 32u
 uint64_t nvram_slot_header_sequence(const uint8_t *raw, enum nvram_blob blob);
+/* The payload length a slot header (NVRAM_SLOT_HEADER_SIZE bytes) claims,
+ * unverified: how much more to read before nvram_slot_open checks it. */
+uint32_t nvram_slot_header_length(const uint8_t *raw);
 /* Build a slot (header and payload) ready for one write; returns its length. */
 int nvram_slot_seal(const struct nvram_super *sb, enum nvram_blob blob, uint64_t sequence,
                     const uint8_t *data, size_t length, bool deleted, enum nvram_cipher cipher,

@@ -444,8 +444,7 @@ int nvram_read_slot(struct nvram *nv, enum nvram_blob blob, int s, struct nvram_
         r = bdrv_pread(nv->bs, d->offset[s], nv->buf, NVRAM_SLOT_HEADER_SIZE, err);
     if (r < 0)
         return r;
-    uint32_t len = (uint32_t)nv->buf[32] | (uint32_t)nv->buf[33] << 8 |
-                   (uint32_t)nv->buf[34] << 16 | (uint32_t)nv->buf[35] << 24;
+    uint32_t len = nvram_slot_header_length(nv->buf);
     if (len && len <= d->slot_size - NVRAM_SLOT_HEADER_SIZE &&
         (r = bdrv_pread(nv->bs, d->offset[s] + NVRAM_SLOT_HEADER_SIZE,
                         nv->buf + NVRAM_SLOT_HEADER_SIZE, len, err)) < 0)
