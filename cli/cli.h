@@ -39,9 +39,6 @@ int cli_usage_error(const char *cmd, const char *opt);
  * the usage exit code, the message printed). */
 const char *cli_one_image(const char *cmd, int argc, char **argv, int *r);
 
-/* The version of the libtpms this process runs on, "MAJOR.MINOR.MICRO". */
-const char *cli_libtpms_version(void);
-
 /* Sizes with k, M, G, T suffixes (powers of 1024). */
 int cli_parse_size(const char *text, uint64_t *out);
 

@@ -203,7 +203,7 @@ static int check_loadable(const struct cli_import *req, const struct mig_state *
     if (rc) {
         return cli_fail(CLI_EXIT_NOT_LOADABLE,
                         "%s: libtpms %s refuses the TPM %s state in %s (TPM result 0x%x)", req->cmd,
-                        cli_libtpms_version(), st->tpm_version == 2 ? "2.0" : "1.2", req->dir, rc);
+                        tpm_libtpms_version(), st->tpm_version == 2 ? "2.0" : "1.2", req->dir, rc);
     }
     return 0;
 }

@@ -9,9 +9,8 @@
 #include <string.h>
 #include <sys/prctl.h>
 
-#include <libtpms/tpm_library.h>
-
 #include "cli.h"
+#include "tpm.h"
 
 #define EXIT_USAGE CLI_EXIT_USAGE
 
@@ -132,17 +131,9 @@ const char *cli_one_image(const char *cmd, int argc, char **argv, int *r)
     return argv[optind];
 }
 
-const char *cli_libtpms_version(void)
-{
-    static char text[16];
-    uint32_t v = TPMLIB_GetVersion();
-    snprintf(text, sizeof(text), "%u.%u.%u", (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff);
-    return text;
-}
-
 static void print_version(void)
 {
-    printf("nvtpm %s (libtpms %s)\n", NVTPM_VERSION, cli_libtpms_version());
+    printf("nvtpm %s (libtpms %s)\n", NVTPM_VERSION, tpm_libtpms_version());
 }
 
 static void print_help(void)
@@ -189,7 +180,7 @@ static int main_as_swtpm(int argc, char **argv)
     if (strcmp(cmd, "socket") == 0)
         return cmd_socket(argc - 1, argv + 1);
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-v") == 0) {
-        printf("nvtpm %s (libtpms %s), serving as swtpm\n", NVTPM_VERSION, cli_libtpms_version());
+        printf("nvtpm %s (libtpms %s), serving as swtpm\n", NVTPM_VERSION, tpm_libtpms_version());
         return 0;
     }
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
