@@ -33,6 +33,11 @@ int cli_fail(int code, const char *fmt, ...) NV_PRINTF(2, 3);
 /* "nvtpm CMD: unknown or malformed option 'OPT'; run 'nvtpm CMD --help'", code 1. */
 int cli_usage_error(const char *cmd, const char *opt);
 
+/* getopt's last case in a command whose parser returns -1 for --help: 'h'
+ * prints usage and returns -1 (stop, exit 0); anything else is
+ * cli_usage_error's. */
+int cli_help_or_usage_error(const char *cmd, int c, const char *usage, char **argv);
+
 /* After getopt: the one image argument that check, info, create, key,
  * encrypt, import and export take. NULL when *r is already set (an option's
  * error, printed) or when there is not exactly one argument left (then *r is

@@ -130,11 +130,8 @@ static int parse(const char *cmd, const char *usage, int argc, char **argv, stru
         case '1':
             a->tpm_version = c - '0';
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
         default:
-            r = cli_usage_error(cmd, argv[optind - 1]);
+            r = cli_help_or_usage_error(cmd, c, usage, argv);
         }
     }
     a->img = cli_one_image(cmd, argc, argv, &r);

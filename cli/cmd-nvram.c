@@ -194,11 +194,8 @@ static int parse_key_args(const char *cmd, int argc, char **argv, struct key_arg
         case 'c':
             r = cli_parse_cipher(optarg, &a->cipher);
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
         default:
-            r = cli_usage_error(cmd, argv[optind - 1]);
+            r = cli_help_or_usage_error(cmd, c, usage, argv);
         }
     }
     a->img = cli_one_image(cmd, argc, argv, &r);

@@ -120,6 +120,13 @@ int cli_usage_error(const char *cmd, const char *opt)
                     cmd, opt, cmd);
 }
 
+int cli_help_or_usage_error(const char *cmd, int c, const char *usage, char **argv)
+{
+    if (c == 'h')
+        return fputs(usage, stdout), -1;
+    return cli_usage_error(cmd, argv[optind - 1]);
+}
+
 const char *cli_one_image(const char *cmd, int argc, char **argv, int *r)
 {
     if (*r != 0)
