@@ -35,8 +35,16 @@ int cli_fail(int code, const char *fmt, ...) NV_PRINTF(2, 3);
 /* "nvtpm CMD: unknown or malformed option 'OPT'; run 'nvtpm CMD --help'", code 1. */
 int cli_usage_error(const char *cmd, const char *opt);
 
-/* The version of the libtpms this process runs on, "MAJOR.MINOR.MICRO". */
-const char *cli_libtpms_version(void);
+/* getopt's last case in a command whose parser returns -1 for --help: 'h'
+ * prints usage and returns -1 (stop, exit 0); anything else is
+ * cli_usage_error's. */
+int cli_help_or_usage_error(const char *cmd, int c, const char *usage, char **argv);
+
+/* After getopt: the one image argument that check, info, create, key,
+ * encrypt, import and export take. NULL when *r is already set (an option's
+ * error, printed) or when there is not exactly one argument left (then *r is
+ * the usage exit code, the message printed). */
+const char *cli_one_image(const char *cmd, int argc, char **argv, int *r);
 
 /* Sizes with k, M, G, T suffixes (powers of 1024). */
 int cli_parse_size(const char *text, uint64_t *out);

@@ -179,12 +179,10 @@ int cmd_check(int argc, char **argv)
             return cli_usage_error("check", argv[optind - 1]);
         }
     }
-    if (optind != argc - 1) {
-        if (have_key)
-            nvram_key_wipe(&key);
-        return cli_fail(CLI_EXIT_USAGE, "check: give exactly one image (see nvtpm check --help)");
-    }
-    int status = run_check(argv[optind], format, repair, json, have_key ? &key : NULL);
+    int status = 0;
+    const char *img = cli_one_image("check", argc, argv, &status);
+    if (img)
+        status = run_check(img, format, repair, json, have_key ? &key : NULL);
     if (have_key)
         nvram_key_wipe(&key);
     return status;

@@ -266,10 +266,9 @@ int cmd_info(int argc, char **argv)
         else
             r = cli_usage_error("info", argv[optind - 1]);
     }
-    if (r == 0 && optind != argc - 1)
-        r = cli_fail(CLI_EXIT_USAGE, "info: give exactly one image (see nvtpm info --help)");
-    if (r == 0)
-        r = show(argv[optind], have_key ? &key : NULL, json, false);
+    const char *img = cli_one_image("info", argc, argv, &r);
+    if (img)
+        r = show(img, have_key ? &key : NULL, json, false);
     if (have_key)
         nvram_key_wipe(&key);
     return r;

@@ -130,19 +130,14 @@ static int parse(const char *cmd, const char *usage, int argc, char **argv, stru
         case '1':
             a->tpm_version = c - '0';
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
         default:
-            r = cli_usage_error(cmd, argv[optind - 1]);
+            r = cli_help_or_usage_error(cmd, c, usage, argv);
         }
     }
-    if (r == 0 && optind != argc - 1)
-        r = cli_fail(CLI_EXIT_USAGE, "%s: give exactly one image (see nvtpm %s --help)", cmd, cmd);
+    a->img = cli_one_image(cmd, argc, argv, &r);
     if (r == 0 && !a->dir)
         r = cli_fail(CLI_EXIT_USAGE, "%s: --%s names swtpm's state folder", cmd,
                      import ? "from-dir" : "to-dir");
-    a->img = r == 0 ? argv[optind] : NULL;
     return r;
 }
 
@@ -206,7 +201,7 @@ static int check_loadable(const struct cli_import *req, const struct mig_state *
     if (rc) {
         return cli_fail(CLI_EXIT_NOT_LOADABLE,
                         "%s: libtpms %s refuses the TPM %s state in %s (TPM result 0x%x)", req->cmd,
-                        cli_libtpms_version(), st->tpm_version == 2 ? "2.0" : "1.2", req->dir, rc);
+                        tpm_libtpms_version(), st->tpm_version == 2 ? "2.0" : "1.2", req->dir, rc);
     }
     return 0;
 }

@@ -113,8 +113,7 @@ int cmd_create(int argc, char **argv)
             r = cli_usage_error("create", argv[optind - 1]);
         }
     }
-    if (r == 0 && optind != argc - 1)
-        r = cli_fail(CLI_EXIT_USAGE, "create: give exactly one image (see nvtpm create --help)");
+    const char *img = cli_one_image("create", argc, argv, &r);
     if (r == 0 && size < NVRAM_MIN_DISK_SIZE)
         r = cli_fail(CLI_EXIT_USAGE,
                      "create: --size %llu is too small for a TPM's NVRAM (at "
@@ -122,7 +121,7 @@ int cmd_create(int argc, char **argv)
                      (unsigned long long)size, NVRAM_MIN_DISK_SIZE);
     opts.key = have_key ? &key : NULL;
     if (r == 0)
-        r = create_image(argv[optind], size, (uint32_t)cluster, &opts);
+        r = create_image(img, size, (uint32_t)cluster, &opts);
     if (have_key)
         nvram_key_wipe(&key);
     return r;
@@ -195,16 +194,11 @@ static int parse_key_args(const char *cmd, int argc, char **argv, struct key_arg
         case 'c':
             r = cli_parse_cipher(optarg, &a->cipher);
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
         default:
-            r = cli_usage_error(cmd, argv[optind - 1]);
+            r = cli_help_or_usage_error(cmd, c, usage, argv);
         }
     }
-    if (r == 0 && optind != argc - 1)
-        r = cli_fail(CLI_EXIT_USAGE, "%s: give exactly one image (see nvtpm %s --help)", cmd, cmd);
-    a->img = r == 0 ? argv[optind] : NULL;
+    a->img = cli_one_image(cmd, argc, argv, &r);
     return r;
 }
 

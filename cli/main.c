@@ -3,14 +3,14 @@
  * Exit codes common to every subcommand: 0 success, 1 usage error (unknown
  * subcommand or option). Subcommands document their own codes above 1. */
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
 
-#include <libtpms/tpm_library.h>
-
 #include "cli.h"
+#include "tpm.h"
 
 #define EXIT_USAGE CLI_EXIT_USAGE
 
@@ -93,17 +93,27 @@ int cli_usage_error(const char *cmd, const char *opt)
                     cmd, opt, cmd);
 }
 
-const char *cli_libtpms_version(void)
+int cli_help_or_usage_error(const char *cmd, int c, const char *usage, char **argv)
 {
-    static char text[16];
-    uint32_t v = TPMLIB_GetVersion();
-    snprintf(text, sizeof(text), "%u.%u.%u", (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff);
-    return text;
+    if (c == 'h')
+        return fputs(usage, stdout), -1;
+    return cli_usage_error(cmd, argv[optind - 1]);
+}
+
+const char *cli_one_image(const char *cmd, int argc, char **argv, int *r)
+{
+    if (*r != 0)
+        return NULL;
+    if (optind != argc - 1) {
+        *r = cli_fail(CLI_EXIT_USAGE, "%s: give exactly one image (see nvtpm %s --help)", cmd, cmd);
+        return NULL;
+    }
+    return argv[optind];
 }
 
 static void print_version(void)
 {
-    printf("nvtpm %s (libtpms %s)\n", NVTPM_VERSION, cli_libtpms_version());
+    printf("nvtpm %s (libtpms %s)\n", NVTPM_VERSION, tpm_libtpms_version());
 }
 
 static void print_help(void)
@@ -150,7 +160,7 @@ static int main_as_swtpm(int argc, char **argv)
     if (strcmp(cmd, "socket") == 0)
         return cmd_socket(argc - 1, argv + 1);
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-v") == 0) {
-        printf("nvtpm %s (libtpms %s), serving as swtpm\n", NVTPM_VERSION, cli_libtpms_version());
+        printf("nvtpm %s (libtpms %s), serving as swtpm\n", NVTPM_VERSION, tpm_libtpms_version());
         return 0;
     }
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

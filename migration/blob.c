@@ -1,6 +1,7 @@
-/* blob.c - swtpm's state-blob format: header and TLVs, checked defensively
- * (every length against what is left), since blobs arrive from the network
- * side of a migration. Encryption (AES-CBC, HMAC-SHA256) is in cbc.c. */
+/* blob.c - swtpm's state-blob format: the header and the layers of TLVs
+ * inside it, checked defensively (every length against what is left), since
+ * blobs arrive from the network side of a migration. The TLVs themselves are
+ * in tlv.c, encryption (AES-CBC, HMAC-SHA256) in cbc.c. */
 #include "internal.h"
 
 #include <errno.h>
@@ -17,15 +18,6 @@ uint8_t *mig_put_header(uint8_t *b, uint16_t flags, size_t total)
     nv_put_be16(b + 4, flags);
     nv_put_be32(b + 6, (uint32_t)total);
     return b + MIG_HEADER_SIZE;
-}
-
-uint8_t *mig_put_tlv(uint8_t *p, uint16_t tag, const uint8_t *value, size_t len)
-{
-    nv_put_be16(p, tag);
-    nv_put_be32(p + 2, (uint32_t)len);
-    if (len)
-        memcpy(p + 6, value, len);
-    return p + 6 + len;
 }
 
 /* The inner layer: the state as a data TLV, or under the state key. */
@@ -69,7 +61,7 @@ int mig_blob_wrap(const uint8_t *state, size_t len, const struct mig_key *migrat
             r = nv_error_set(err, -ENOMEM, "out of memory");
     }
     if (inner)
-        mig_wipe(inner, inner_len);
+        nv_wipe(inner, inner_len);
     free(inner);
     uint8_t *b = r == 0 ? malloc(MIG_HEADER_SIZE + sealed_len) : NULL;
     if (r == 0 && !b)
@@ -111,28 +103,6 @@ int mig_file_wrap(const uint8_t *state, size_t len, const struct mig_key *state_
     return b ? 0 : nv_error_set(err, -ENOMEM, "out of memory");
 }
 
-int mig_find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **value,
-                 size_t *value_len, struct nv_error *err)
-{
-    size_t off = 0;
-    while (len - off >= 6) {
-        uint16_t t = nv_be16(p + off);
-        uint32_t l = nv_be32(p + off + 2);
-        if (l > len - off - 6)
-            return nv_error_set(err, -EBADMSG,
-                                "state blob: TLV %u at offset %zu claims %u bytes, "
-                                "%zu are left",
-                                t, off, l, len - off - 6);
-        if (t == tag) {
-            *value = p + off + 6;
-            *value_len = l;
-            return 0;
-        }
-        off += 6 + l;
-    }
-    return nv_error_set(err, -EBADMSG, "state blob: no TLV with tag %u", tag);
-}
-
 bool mig_has_header(const uint8_t *blob, size_t len)
 {
     /* swtpm tells them by the total length alone; a header cut short or
@@ -168,7 +138,7 @@ struct layer {
 static void layer_free(struct layer *l)
 {
     if (l->plain)
-        mig_wipe(l->plain, l->len);
+        nv_wipe(l->plain, l->len);
     free(l->plain);
     l->plain = NULL;
 }

@@ -19,11 +19,6 @@
 #define HMAC_LEN  32u
 #define AES_BLOCK 16u
 
-void mig_wipe(void *p, size_t len)
-{
-    OPENSSL_cleanse(p, len);
-}
-
 int mig_key_from(const struct nvram_key *key, struct mig_key *out, struct nv_error *err)
 {
     return nvram_key_swtpm_aes(key, out->aes, &out->len, err);
@@ -31,7 +26,7 @@ int mig_key_from(const struct nvram_key *key, struct mig_key *out, struct nv_err
 
 void mig_key_wipe(struct mig_key *key)
 {
-    mig_wipe(key, sizeof(*key));
+    nv_wipe(key, sizeof(*key));
 }
 
 static const EVP_CIPHER *cbc_for(const struct mig_key *key)
@@ -86,7 +81,7 @@ static int encrypt_padded(const struct mig_key *key, const uint8_t iv[AES_BLOCK]
         r = cbc_raw(key, 1, iv, plain, total, ct);
     }
     if (plain)
-        mig_wipe(plain, total);
+        nv_wipe(plain, total);
     free(plain);
     if (r < 0) {
         free(ct);
@@ -113,7 +108,7 @@ static int decrypt_padded(const struct mig_key *key, const uint8_t iv[AES_BLOCK]
         if (plain[i] != pad)
             r = -EBADMSG;
     if (r < 0) {
-        mig_wipe(plain, len);
+        nv_wipe(plain, len);
         free(plain);
         return r;
     }
@@ -201,7 +196,7 @@ int mig_cbc_open_v1(const struct mig_key *key, const uint8_t *in, size_t len, ui
         memcpy(*out, plain + SHA256_DIGEST_LENGTH, *out_len);
     }
     if (plain) {
-        mig_wipe(plain, plain_len);
+        nv_wipe(plain, plain_len);
         free(plain);
     }
     if (r == -ENOMEM)

@@ -4,20 +4,19 @@
 
 #include "migration.h"
 
-/* Write a TLV; returns the end. */
+/* tlv.c: write a TLV; returns the end. */
 uint8_t *mig_put_tlv(uint8_t *p, uint16_t tag, const uint8_t *value, size_t len);
+/* The first TLV with tag in [p, p+len); every length checked. */
+int mig_find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **value,
+                 size_t *value_len, struct nv_error *err);
 
-/* Write a blob header (version 2, readable by version 1); returns the end. */
+/* blob.c: write a blob header (version 2, readable by version 1); returns the end. */
 uint8_t *mig_put_header(uint8_t *b, uint16_t flags, size_t total);
 
 /* A state file as swtpm writes one: the data TLV, or with state_key the
  * TLVs of cbc.c (flag 0x01, and 0x08 for a 256-bit key). */
 int mig_file_wrap(const uint8_t *state, size_t len, const struct mig_key *state_key, uint8_t **blob,
                   size_t *blob_len, struct nv_error *err);
-
-/* The first TLV with tag in [p, p+len); every length checked. */
-int mig_find_tlv(const uint8_t *p, size_t len, uint16_t tag, const uint8_t **value,
-                 size_t *value_len, struct nv_error *err);
 
 /* cbc.c: one encryption layer as swtpm writes it: TLVs ct_tag (AES-CBC
  * ciphertext of in, padded to a multiple of the key length), MIG_TAG_HMAC (HMAC-SHA256 over the
@@ -39,7 +38,5 @@ int mig_cbc_open_v1(const struct mig_key *key, const uint8_t *in, size_t len, ui
 /* Whether blob starts with swtpm's blob header: its total length field
  * matches. Without one a state file is in swtpm's older format. */
 bool mig_has_header(const uint8_t *blob, size_t len);
-
-void mig_wipe(void *p, size_t len);
 
 #endif

@@ -238,7 +238,7 @@ void mig_state_free(struct mig_state *st)
 {
     for (int b = 0; b < NVRAM_BLOBS; b++) {
         if (st->data[b])
-            mig_wipe(st->data[b], st->len[b]);
+            nv_wipe(st->data[b], st->len[b]);
         free(st->data[b]);
         st->data[b] = NULL;
         st->len[b] = 0;

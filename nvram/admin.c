@@ -99,9 +99,9 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
         ps[1].state != NVRAM_SLOT_DAMAGED) /* damage is reported as such */
         r = nvram_check_manufactured(bs, &nv.sb, perm, perm >= 0 && ps[perm].deleted, err);
     bdrv_unlock(bs, NULL);
-    nvram_wipe(nv.data_key, sizeof(nv.data_key));
+    nv_wipe(nv.data_key, sizeof(nv.data_key));
     if (nv.plain)
-        nvram_wipe(nv.plain, nv.buf_size);
+        nv_wipe(nv.plain, nv.buf_size);
     free(nv.buf);
     free(nv.plain);
     return r;
@@ -144,7 +144,7 @@ int nvram_key_add(struct nvram *nv, const struct nvram_key *new_key, struct nv_e
     int index = -1;
     uint8_t probe[NVRAM_MAX_DATA_KEY];
     if (nvram_keys_unlock(&nv->sb, new_key, probe) >= 0) {
-        nvram_wipe(probe, sizeof(probe));
+        nv_wipe(probe, sizeof(probe));
         return nv_error_set(err, -EEXIST, "%s: that key opens a key slot already", img);
     }
     for (int k = 0; k < NVRAM_KEY_SLOTS && index < 0; k++)
@@ -221,7 +221,7 @@ static int reencrypt_blobs(struct nvram *nv, struct nv_error *err)
         if (r == 0)
             r = wipe_slot_tails(nv, (enum nvram_blob)b, absent ? 0 : len, err);
         if (data)
-            nvram_wipe(data, len);
+            nv_wipe(data, len);
         free(data);
         if (r < 0)
             return r;

@@ -1,9 +1,8 @@
 /* crypto.c - the few primitives the NVRAM needs, from OpenSSL 3: AES-GCM,
- * PBKDF2-HMAC-SHA512, SHA-256, random bytes, wiping. */
+ * PBKDF2-HMAC-SHA512, SHA-256, random bytes. */
 #include "internal.h"
 
 #include <errno.h>
-#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <string.h>
@@ -11,11 +10,6 @@
 int nvram_random(void *buf, size_t len)
 {
     return RAND_bytes(buf, (int)len) == 1 ? 0 : -EIO;
-}
-
-void nvram_wipe(void *buf, size_t len)
-{
-    OPENSSL_cleanse(buf, len);
 }
 
 void nvram_sha256(const void *a, size_t a_len, const void *b, size_t b_len, uint8_t out[32])
@@ -69,7 +63,7 @@ int nvram_gcm_open(const uint8_t *key, size_t key_len, const uint8_t nonce[12], 
                     EVP_DecryptFinal_ex(ctx, out + len, &n) == 1;
     EVP_CIPHER_CTX_free(ctx);
     if (!ok && len)
-        nvram_wipe(out, len); /* no unauthenticated plaintext escapes */
+        nv_wipe(out, len); /* no unauthenticated plaintext escapes */
     return ok ? 0 : -EBADMSG;
 }
 

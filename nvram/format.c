@@ -272,6 +272,11 @@ uint64_t nvram_slot_header_sequence(const uint8_t *raw, enum nvram_blob blob)
     return get64(raw + 24);
 }
 
+uint32_t nvram_slot_header_length(const uint8_t *raw)
+{
+    return get32(raw + 32);
+}
+
 static void slot_problem(struct nvram_slot_info *info, const char *what)
 {
     info->state = NVRAM_SLOT_DAMAGED;
@@ -288,7 +293,7 @@ void nvram_slot_open(const uint8_t *slot, size_t slot_size, enum nvram_blob blob
         return;
     }
     info->sequence = get64(slot + 24);
-    info->length = get32(slot + 32);
+    info->length = nvram_slot_header_length(slot);
     info->cipher = slot[36];
     info->deleted = slot[37] & NVRAM_SLOT_DELETED;
     char name[16];

@@ -69,6 +69,9 @@ void nvram_slot_open(const uint8_t *slot, size_t slot_size, enum nvram_blob blob
  * header. */
 #define NVRAM_SLOT_SEQUENCE_END 32u
 uint64_t nvram_slot_header_sequence(const uint8_t *raw, enum nvram_blob blob);
+/* The payload length a slot header (NVRAM_SLOT_HEADER_SIZE bytes) claims,
+ * unverified: how much more to read before nvram_slot_open checks it. */
+uint32_t nvram_slot_header_length(const uint8_t *raw);
 /* Build a slot (header and payload) ready for one write; returns its length. */
 int nvram_slot_seal(const struct nvram_super *sb, enum nvram_blob blob, uint64_t sequence,
                     const uint8_t *data, size_t length, bool deleted, enum nvram_cipher cipher,
@@ -76,7 +79,6 @@ int nvram_slot_seal(const struct nvram_super *sb, enum nvram_blob blob, uint64_t
 
 /* crypto.c */
 int nvram_random(void *buf, size_t len);
-void nvram_wipe(void *buf, size_t len);
 void nvram_sha256(const void *a, size_t a_len, const void *b, size_t b_len, uint8_t out[32]);
 int nvram_sha512(const void *in, size_t len, uint8_t out[64]);
 int nvram_gcm_seal(const uint8_t *key, size_t key_len, const uint8_t nonce[12], const uint8_t *aad,

@@ -186,8 +186,8 @@ int nvram_key_parse(const char *spec, struct nvram_key *key, struct nv_error *er
         key->kind = NVRAM_KEY_RAW;
         r = decode_raw(key, buf, len, ks.format, ks.mode, err);
     }
-    nvram_wipe(buf, sizeof(buf));
-    nvram_wipe(text, sizeof(text));
+    nv_wipe(buf, sizeof(buf));
+    nv_wipe(text, sizeof(text));
     if (r < 0)
         nvram_key_wipe(key);
     return r;
@@ -207,7 +207,7 @@ int nvram_key_swtpm_aes(const struct nvram_key *key, uint8_t out[32], size_t *ou
         uint8_t digest[64];
         int r = nvram_sha512(key->material, key->length, digest);
         memcpy(out, digest, *out_len);
-        nvram_wipe(digest, sizeof(digest));
+        nv_wipe(digest, sizeof(digest));
         return r < 0 ? nv_error_set(err, r, "key: SHA-512 failed") : 0;
     }
     if (nvram_pbkdf2(key->material, key->length, salt, sizeof(salt) - 1, 1000, out, *out_len) < 0)
@@ -217,7 +217,7 @@ int nvram_key_swtpm_aes(const struct nvram_key *key, uint8_t out[32], size_t *ou
 
 void nvram_key_wipe(struct nvram_key *key)
 {
-    nvram_wipe(key, sizeof(*key));
+    nv_wipe(key, sizeof(*key));
 }
 
 /* ---- key slots --------------------------------------------------------------------- */
@@ -264,7 +264,7 @@ int nvram_keyslot_fill(struct nvram_keyslot *slot, const struct nvram_key *key,
     if (r == 0)
         r = nvram_gcm_seal(kek, slot->kek_size, slot->nonce, aad, sizeof(aad), data_key,
                            data_key_len, slot->wrapped, slot->tag);
-    nvram_wipe(kek, sizeof(kek));
+    nv_wipe(kek, sizeof(kek));
     if (key->kind == NVRAM_KEY_RAW)
         memset(slot->salt, 0, sizeof(slot->salt));
     return r < 0 ? nv_error_set(err, r, "cannot wrap the data key for key slot %u", index) : 0;
@@ -284,7 +284,7 @@ int nvram_keyslot_open(const struct nvram_keyslot *slot, const struct nvram_key 
                            data_key_len, data_key, slot->tag) < 0
                 ? -EKEYREJECTED
                 : 0;
-    nvram_wipe(kek, sizeof(kek));
+    nv_wipe(kek, sizeof(kek));
     return r;
 }
 

@@ -231,7 +231,7 @@ int nvram_format(struct bdrv_node *bs, const struct nvram_options *opts, struct 
     struct nvram_super sb;
     uint8_t data_key[NVRAM_MAX_DATA_KEY];
     int r = format_image(bs, opts, &sb, data_key, err);
-    nvram_wipe(data_key, sizeof(data_key));
+    nv_wipe(data_key, sizeof(data_key));
     return r;
 }
 
@@ -404,7 +404,7 @@ void nvram_close(struct nvram *nv)
         return;
     free(nv->buf);
     if (nv->plain)
-        nvram_wipe(nv->plain, nv->buf_size);
+        nv_wipe(nv->plain, nv->buf_size);
     free(nv->plain);
     nv_secret_free(nv, sizeof(*nv)); /* wiped, the data key with it */
 }
@@ -438,7 +438,7 @@ static int ensure_buffers(struct nvram *nv, size_t size, struct nv_error *err)
         return nv_error_set(err, -ENOMEM, "out of memory");
     }
     if (nv->plain)
-        nvram_wipe(nv->plain, nv->buf_size);
+        nv_wipe(nv->plain, nv->buf_size);
     free(nv->plain);
     nv->plain = plain;
     nv->buf_size = size;
@@ -455,8 +455,7 @@ int nvram_read_slot(struct nvram *nv, enum nvram_blob blob, int s, struct nvram_
         r = bdrv_pread(nv->bs, d->offset[s], nv->buf, NVRAM_SLOT_HEADER_SIZE, err);
     if (r < 0)
         return r;
-    uint32_t len = (uint32_t)nv->buf[32] | (uint32_t)nv->buf[33] << 8 |
-                   (uint32_t)nv->buf[34] << 16 | (uint32_t)nv->buf[35] << 24;
+    uint32_t len = nvram_slot_header_length(nv->buf);
     if (len && len <= d->slot_size - NVRAM_SLOT_HEADER_SIZE &&
         (r = bdrv_pread(nv->bs, d->offset[s] + NVRAM_SLOT_HEADER_SIZE,
                         nv->buf + NVRAM_SLOT_HEADER_SIZE, len, err)) < 0)

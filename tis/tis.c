@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 #define VALID(l) ((l) < TIS_LOCALITIES)
 
 void tis_update_irq(struct tis *t)
@@ -101,11 +103,6 @@ static void abort_and_switch(struct tis *t, uint8_t from, uint8_t next)
         finish_abort(t);
 }
 
-static uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 static void send_command(struct tis *t, uint8_t loc)
 {
     uint32_t len = t->rw_offset;
@@ -113,7 +110,7 @@ static void send_command(struct tis *t, uint8_t loc)
     t->executing = true;
     t->go_pending = false;
     t->exec_locality = loc;
-    t->ordinal = len >= 10 ? be32(t->buffer + 6) : 0;
+    t->ordinal = len >= 10 ? nv_be32(t->buffer + 6) : 0;
     memcpy(t->cmd, t->buffer, len);
     t->ops.execute(t->opaque, loc, t->cmd, len);
 }
@@ -327,7 +324,7 @@ static void write_fifo(struct tis *t, uint8_t loc, uint32_t val, unsigned size)
     }
     if (t->rw_offset > 5 && (l->sts & TIS_STS_EXPECT)) {
         bool was_valid = (l->sts & TIS_STS_VALID) != 0;
-        bool more = be32(t->buffer + 2) > t->rw_offset;
+        bool more = nv_be32(t->buffer + 2) > t->rw_offset;
         sts_set(l, more ? TIS_STS_EXPECT | TIS_STS_VALID : TIS_STS_VALID);
         if (!was_valid)
             raise_irq(t, loc, TIS_INT_STS_VALID);
@@ -429,7 +426,7 @@ void tis_command_done(struct tis *t, const uint8_t *rsp, uint32_t len)
     }
     t->executing = false;
     uint8_t loc = t->exec_locality;
-    if (is_self_test(t) && len >= 10 && be32(rsp + 6) == 0)
+    if (is_self_test(t) && len >= 10 && nv_be32(rsp + 6) == 0)
         for (int l = 0; l < TIS_LOCALITIES; l++)
             t->loc[l].sts |= TIS_STS_SELFTEST_DONE;
     if (t->drop_response) {

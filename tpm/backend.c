@@ -473,3 +473,11 @@ char *tpm_backend_info(uint64_t flags)
     pthread_mutex_unlock(&be.lock);
     return info;
 }
+
+const char *tpm_libtpms_version(void)
+{
+    static char text[16];
+    uint32_t v = TPMLIB_GetVersion();
+    snprintf(text, sizeof(text), "%u.%u.%u", (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff);
+    return text;
+}

@@ -96,4 +96,42 @@ char *tpm_backend_info(uint64_t flags);
 /* The largest command the data channel accepts (the buffer size). */
 uint32_t tpm_backend_buffer_size(void);
 
+/* The version of the libtpms this process runs on, "MAJOR.MINOR.MICRO". */
+const char *tpm_libtpms_version(void);
+
+/* ---- the migration dry run (validate.c) ------------------------------------------ */
+
+struct tpm_validate_options {
+    const char *img;
+    const struct nvram_key *key; /* the image's (and swtpm's state key); NULL: none */
+    int tpm_version;             /* the version the state must be; 0: either */
+    int wait_ms;                 /* for the shared access lock while a server commits */
+    const char *blobs_dir;       /* swtpm's state files or saved blobs to check instead of the
+                                  * image's state; NULL: the image's */
+    const struct nvram_key *migration_key; /* for blobs_dir; NULL: none */
+};
+
+#define TPM_VALIDATE_MAX_CHECKS 16
+struct tpm_validation {
+    struct {
+        const char *name; /* open, lock, qcow2, writable, superblock, key, slots, tpm-version,
+                           * blobs, libtpms */
+        int err;          /* 0: passed; else a negative errno that says why, as the layers'
+                           * (ENOKEY, EKEYREJECTED, EKEYREVOKED for a key given to a plain
+                           * image, EBUSY, EUCLEAN corrupt, EMEDIUMTYPE not loadable here,
+                           * EINVAL a --blobs folder not there, ...) */
+        char message[512];
+    } checks[TPM_VALIDATE_MAX_CHECKS];
+    int n;
+    int err;               /* the first failed check's; 0: loadable here */
+    enum nv_status status; /* what the first failure means, where the layer said so */
+};
+
+/* Can this host load the TPM state in o->img with o->key right now? Opens it
+ * read-only under the shared access lock (beside the server that owns it),
+ * checks it layer by layer until one fails (every check in v, in order), and
+ * asks libtpms (TPMLIB_ValidateState) last. Never writes. Initialises the
+ * backend: not for a process that runs a TPM. Returns v->err. */
+int tpm_validate(const struct tpm_validate_options *o, struct tpm_validation *v);
+
 #endif

@@ -1,7 +1,8 @@
 /* secret.c - memory for key material that a process holds while it runs:
  * whole pages of their own, left out of core dumps (MADV_DONTDUMP, which the
  * kernel's dumps and gdb's gcore honour) and kept out of swap (mlock, best
- * effort: RLIMIT_MEMLOCK may refuse), wiped when freed. */
+ * effort: RLIMIT_MEMLOCK may refuse), wiped when freed; and the wipe that
+ * every layer uses for key material on the stack or the heap. */
 #include "util.h"
 
 #include <errno.h>
@@ -44,4 +45,9 @@ void nv_secret_free(void *p, size_t size)
     explicit_bzero(p, size);
     munlock(p, secret_span(size));
     munmap(p, secret_span(size));
+}
+
+void nv_wipe(void *p, size_t len)
+{
+    explicit_bzero(p, len);
 }

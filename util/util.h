@@ -79,6 +79,10 @@ void *nv_secret_alloc(size_t size);
 void nv_secret_lock(void *p, size_t size);
 void nv_secret_free(void *p, size_t size);
 
+/* Zero memory that held a secret, in a way the compiler does not drop as a
+ * dead store (explicit_bzero). */
+void nv_wipe(void *p, size_t len);
+
 /* Parse a whole string as an unsigned decimal number no greater than max.
  * No sign, no spaces, no trailing characters. Returns 0, -EINVAL or -ERANGE. */
 int nv_parse_u64(const char *text, uint64_t max, uint64_t *out);
