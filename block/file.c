@@ -525,10 +525,11 @@ static int file_check_writable(struct bdrv_node *bs, struct nv_error *err)
 #define FILE_DRIVER_OPS                                                                            \
     .is_protocol = true, .state_size = sizeof(struct file_state), .close = file_close,             \
     .pread = file_pread, .pwrite = file_pwrite, .flush = file_flush, .getlength = file_getlength,  \
-    .truncate = file_truncate, .reserve = file_reserve, .pwrite_zeroes = file_pwrite_zeroes, .lock_fd = file_lock_fd,       \
-    .set_cache = file_set_cache, .open_done = file_open_done, .extract_fds = file_extract_fds,     \
-    .reopen_prepare = file_reopen_prepare, .reopen_commit = file_reopen_commit,                    \
-    .reopen_abort = file_reopen_abort, .check_writable = file_check_writable
+    .truncate = file_truncate, .reserve = file_reserve, .pwrite_zeroes = file_pwrite_zeroes,       \
+    .lock_fd = file_lock_fd, .set_cache = file_set_cache, .open_done = file_open_done,             \
+    .extract_fds = file_extract_fds, .reopen_prepare = file_reopen_prepare,                        \
+    .reopen_commit = file_reopen_commit, .reopen_abort = file_reopen_abort,                        \
+    .check_writable = file_check_writable
 
 const struct bdrv_driver bdrv_file = {.name = "file", .open = file_open, FILE_DRIVER_OPS};
 const struct bdrv_driver bdrv_faults = {
