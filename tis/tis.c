@@ -513,10 +513,10 @@ void tis_error_free(struct nv_error *err)
 
 int tis_error_code(const struct nv_error *err)
 {
-    return err->code;
+    return err ? err->code : 0;
 }
 
 const char *tis_error_message(const struct nv_error *err)
 {
-    return err->code ? err->msg : "";
+    return err && err->code ? err->msg : "";
 }

@@ -111,11 +111,14 @@ static int check_blobs(struct tpm_validation *v, const struct tpm_validate_optio
 {
     struct mig_key mk = {0}, sk = {0};
     struct nv_error err = {0};
-    if ((o->migration_key && mig_key_from(o->migration_key, &mk, &err) < 0) ||
-        (o->key && mig_key_from(o->key, &sk, &err) < 0))
-        return record_error(v, "blobs", failed(err.code), err.status, err.msg);
-    int r = mig_dir_read(o->blobs_dir, tpm_version, o->migration_key ? &mk : NULL,
-                         o->key ? &sk : NULL, in, &err);
+    int r = 0;
+    if ((o->migration_key && (r = mig_key_from(o->migration_key, &mk, &err)) < 0) ||
+        (o->key && (r = mig_key_from(o->key, &sk, &err)) < 0)) {
+        mig_key_wipe(&mk); /* the one made before the other failed */
+        return record_error(v, "blobs", failed(r), NV_STATUS_IO, err.msg); /* exit 9, as ever */
+    }
+    r = mig_dir_read(o->blobs_dir, tpm_version, o->migration_key ? &mk : NULL, o->key ? &sk : NULL,
+                     in, &err);
     mig_key_wipe(&mk);
     mig_key_wipe(&sk);
     if (r < 0) /* a folder that is not there: the command line named it wrong */
