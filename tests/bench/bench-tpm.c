@@ -6,10 +6,15 @@
  *   bench-tpm inproc CMD N         libtpms called in-process (state in memory)
  *   bench-tpm echo ADDR            a trivial server: reads a command, answers
  *                                  10 bytes of success at once
+ *   bench-tpm syncloop FILE SIZE N the fdatasync ceiling: N times one pwrite of
+ *                                  SIZE bytes and one fdatasync, alternating
+ *                                  between two places in FILE (as nvtpm's two
+ *                                  state slots); prints writes per second
  * ADDR: tcp:PORT or unix:PATH. CMD: getrandom, pcrextend or nvwrite (a
  * 32-byte write to an NV index defined first, different bytes every time: a
  * write of what is there already changes nothing and persists nothing). */
 #include <errno.h>
+#include <fcntl.h>
 #include <libtpms/tpm_error.h>
 #include <libtpms/tpm_library.h>
 #include <netinet/in.h>
@@ -317,6 +322,34 @@ static int echo_server(const char *addr)
     }
 }
 
+/* ---- fdatasync ceiling ----------------------------------------------------------------- */
+
+static int syncloop(const char *path, long size, long n)
+{
+    const off_t second = 1 << 20; /* the two places, 1 MiB apart, written once first */
+    if (size <= 0 || size > second)
+        return fprintf(stderr, "bench-tpm: syncloop: size 1 to %ld\n", (long)second), 2;
+    uint8_t *buf = calloc(1, (size_t)second);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (!buf || fd < 0)
+        return perror(path), 1;
+    for (int k = 0; k < 2; k++)
+        if (pwrite(fd, buf, (size_t)second, k * second) != second)
+            return perror(path), 1;
+    if (fdatasync(fd) < 0)
+        return perror(path), 1;
+    double t0 = now();
+    for (long i = 0; i < n; i++) {
+        nv_put_be32(buf, (uint32_t)i); /* different bytes every time, as a state slot */
+        if (pwrite(fd, buf, (size_t)size, (i & 1) * second) != size || fdatasync(fd) < 0)
+            return perror(path), 1;
+    }
+    printf("%.0f\n", (double)n / (now() - t0));
+    close(fd);
+    free(buf);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 5 && strcmp(argv[1], "client") == 0)
@@ -327,6 +360,8 @@ int main(int argc, char **argv)
         return inproc(argv[2], atol(argv[3]));
     if (argc == 3 && strcmp(argv[1], "echo") == 0)
         return echo_server(argv[2]);
+    if (argc == 5 && strcmp(argv[1], "syncloop") == 0)
+        return syncloop(argv[2], atol(argv[3]), atol(argv[4]));
     fprintf(stderr, "usage: see the header of bench-tpm.c\n");
     return 2;
 }
