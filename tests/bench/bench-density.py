@@ -394,7 +394,8 @@ def print_table(results, counts):
                 if per_tpm:
                     nv, sw = nv / n, sw / n
                 ratio = sw / nv if sw_over_nv else nv / sw
-                print(f'| {n:<3} | {state:<8} | {label:<30} | {nv:>7.0f} {unit:<3}| {sw:>7.0f} {unit:<3}'
+                d = 1 if field == 'cpu_ms' else 0
+                print(f'| {n:<3} | {state:<8} | {label:<30} | {nv:>7.{d}f} {unit:<3}| {sw:>7.{d}f} {unit:<3}'
                       f'| {ratio:>6.2f}x |')
     print()
     print('ratio: swtpm over nvtpm for times and memory (above 1: nvtpm faster or smaller),')
