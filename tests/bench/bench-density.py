@@ -457,11 +457,18 @@ def breakdown(top, nvtpm, n, seconds):
         except FileNotFoundError:
             how = 'binding mode unknown: no readelf'
         print(f'  {kind} ({how}):')
+        unused = []
         for lib in mapped:
             k = bound.get(os.path.realpath(lib), 0)
             note = '' if k or 'ld-linux' in lib else '   <- nothing of it used'
+            if note:
+                unused.append(os.path.basename(lib))
             print(f'    {lib:<58} bound {k:>4}{note}')
         shutil.rmtree(d, ignore_errors=True)
+        if kind == 'nvtpm':
+            target = 'NOT met: ' + ', '.join(unused) if unused else 'met'
+    print()
+    print(f'target (issue 19): libraries not needed at run time are not linked into nvtpm socket: {target}')
 
 
 if __name__ == '__main__':
