@@ -85,20 +85,17 @@ int cli_import_dir(const struct cli_import *req);
 
 /* socket-dir.c: what `--tpmstate dir=DIR` serves, decided with DIR/.lock
  * held: the image img alone or with older swtpm files (CLI_DIR_IMAGE), swtpm's
- * files alone (CLI_DIR_SWTPM: to import), swtpm's files newer than the image
- * (CLI_DIR_SWTPM_NEWER: to import, the image set aside), neither
- * (CLI_DIR_NEW). */
-enum cli_dir_state { CLI_DIR_NEW, CLI_DIR_IMAGE, CLI_DIR_SWTPM, CLI_DIR_SWTPM_NEWER };
+ * files alone (CLI_DIR_SWTPM: to import), neither (CLI_DIR_NEW). swtpm files
+ * newer than the image return CLI_EXIT_USAGE, the message naming both. */
+enum cli_dir_state { CLI_DIR_NEW, CLI_DIR_IMAGE, CLI_DIR_SWTPM };
 struct mig_dir_files;
 int cli_dir_inspect(const char *dir, const char *img, int tpm_version, enum cli_dir_state *state,
                     struct mig_dir_files *files);
 /* Import swtpm's files in dir into the new image img (an interrupted
- * import's leftovers removed first); replacing (the files, newer than the
- * image) renames the image there to IMG.replaced-TIME first (and back if the
- * import fails). Lines on log_fd (after log_prefix) say what happened. */
+ * import's leftovers removed first). A line on log_fd (after log_prefix) says
+ * what happened. */
 int cli_dir_import(const char *dir, const char *img, int tpm_version, const struct nvram_key *key,
-                   unsigned mode, const struct mig_dir_files *replacing, int log_fd,
-                   const char *log_prefix);
+                   unsigned mode, int log_fd, const char *log_prefix);
 
 int cmd_check(int argc, char **argv);
 int cmd_create(int argc, char **argv);

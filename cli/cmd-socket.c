@@ -365,8 +365,9 @@ static const char socket_usage[] =
     "\n"
     "  --tpmstate   file=IMG: the image, created (4 MiB, mode=, default 0640) if absent and\n"
     "               formatted if blank; dir=DIR: the image DIR/tpm-00.qcow2, swtpm's files\n"
-    "               there imported when alone or newer (docs/libvirt.md); backend-uri=\n"
-    "               file://IMG or dir://DIR; fd=N: an image passed as a descriptor\n"
+    "               there imported when alone, an error when newer than the image\n"
+    "               (docs/libvirt.md); backend-uri=file://IMG or dir://DIR; fd=N: an\n"
+    "               image passed as a descriptor\n"
     "  --server     the data channel (TCP on 127.0.0.1 unless bindaddr=; UNIX sockets\n"
     "               mode 0600 unless mode=); fd=N: an inherited listening or connected socket\n"
     "  --ctrl       the control channel; clientfd=N: an inherited connected socket;\n"
@@ -449,7 +450,7 @@ static int print_states(const struct socket_opts *o)
         int code = cli_dir_inspect(o->state_dir, o->state_path, o->tpm_version, &ds, &files);
         if (code)
             return code;
-        for (int b = 0; b < NVRAM_BLOBS && (ds == CLI_DIR_SWTPM || ds == CLI_DIR_SWTPM_NEWER); b++)
+        for (int b = 0; b < NVRAM_BLOBS && ds == CLI_DIR_SWTPM; b++)
             sizes[b] = files.present & (1u << b) ? files.size[b] : -1;
         if (ds != CLI_DIR_IMAGE) {
             print_state_list(sizes);
@@ -572,15 +573,10 @@ static int start_tpm(struct socket_opts *o)
     struct nv_error err = {0};
     int code = 0;
     unsigned mode = o->state_mode ? o->state_mode : 0640;
-    bool import = o->dir_state == CLI_DIR_SWTPM || o->dir_state == CLI_DIR_SWTPM_NEWER;
-    if (o->dir_state == CLI_DIR_SWTPM_NEWER) { /* it was only held to see nobody uses it */
-        nvram_storage_close(o->storage);
-        o->storage = NULL;
-    }
+    bool import = o->dir_state == CLI_DIR_SWTPM;
     if (import && (code = cli_dir_import(o->state_dir, o->state_path, o->tpm_version,
-                                         o->have_key ? &o->sec->key : NULL, mode,
-                                         o->dir_state == CLI_DIR_SWTPM_NEWER ? &o->dir_files : NULL,
-                                         o->log_fd, o->log_prefix)) != 0)
+                                         o->have_key ? &o->sec->key : NULL, mode, o->log_fd,
+                                         o->log_prefix)) != 0)
         return code;
     if (import)
         give_to_runas(o, -1, o->state_path);
@@ -875,7 +871,6 @@ static int serve(struct socket_opts *o)
     fdstash_init(&o->stash);
     if (o->state_dir)
         code = prepare_dir(o);
-    /* (an image swtpm's newer files replace is opened too: busy if in use) */
     if (code == 0 && o->dir_state != CLI_DIR_SWTPM)
         o->storage = open_state(o, &code);
     if (code == 0) {

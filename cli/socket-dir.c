@@ -1,10 +1,10 @@
 /* socket-dir.c - `nvtpm socket --tpmstate dir=DIR`: a folder that swtpm and
  * nvtpm may both have served. nvtpm's state is the image DIR/tpm-00.qcow2;
  * swtpm's, its files DIR/tpm2-00.permall and so on. Which one is the TPM is
- * decided here by one rule, swtpm's own: the folder's swtpm files are the
- * TPM when there is no image or when they were written after the image (then
- * they are imported into a new image, and an image already there is kept
- * beside it, renamed); otherwise the image is. Nothing is ever lost. */
+ * decided here: swtpm's files alone are imported into a new image; the image
+ * alone, or with swtpm files older than it (the import's record), is served;
+ * swtpm files written after the image are a second TPM state nvtpm does not
+ * choose between: an error naming both, and nothing is touched. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -59,47 +59,26 @@ int cli_dir_inspect(const char *dir, const char *img, int tpm_version, enum cli_
         *state = CLI_DIR_SWTPM;
         return 0;
     }
-    /* Files older than the image are the import's record; newer ones mean
-     * swtpm wrote them since (it ran on the folder, or its files were put
-     * back): like swtpm, serve them. The image is kept beside (cli_dir_import). */
-    *state = later(&files->newest, &st.st_mtim) ? CLI_DIR_SWTPM_NEWER : CLI_DIR_IMAGE;
-    return 0;
-}
-
-/* The image moved aside before a newer state is imported: IMG.replaced-TIME,
- * never over another file. */
-static int set_image_aside(const char *img, char *aside, size_t size)
-{
-    char stamp[32];
-    time_t now = time(NULL);
-    struct tm tm;
-    strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", gmtime_r(&now, &tm));
-    for (int i = 0; i < 100; i++) {
-        snprintf(aside, size, "%s.replaced-%s%s%.0d", img, stamp, i ? "-" : "", i);
-        if (link(img, aside) == 0 && unlink(img) == 0)
-            return 0;
-        if (errno != EEXIST)
-            return cli_fail(CLI_EXIT_ERROR, "%s: cannot move it aside to %s: %s", img, aside,
-                            strerror(errno));
+    if (!later(&files->newest, &st.st_mtim)) { /* the import's record */
+        *state = CLI_DIR_IMAGE;
+        return 0;
     }
-    return cli_fail(CLI_EXIT_ERROR, "%s: no free name to move it aside", img);
+    /* swtpm wrote its files after nvtpm last wrote the image (swtpm ran on the
+     * folder since, or its files were put back): two states, and which one the
+     * operator means is not nvtpm's guess. */
+    char names[128], t_img[32], t_files[32];
+    return cli_fail(CLI_EXIT_USAGE,
+                    "%s holds two TPM states: the image %s (last written %s) and swtpm's %s "
+                    "(written %s, after the image); move away the one not wanted (docs/libvirt.md)",
+                    dir, img, when(&st.st_mtim, t_img, sizeof(t_img)),
+                    file_names(tpm_version, files->present, names, sizeof(names)),
+                    when(&files->newest, t_files, sizeof(t_files)));
 }
 
 int cli_dir_import(const char *dir, const char *img, int tpm_version, const struct nvram_key *key,
-                   unsigned mode, const struct mig_dir_files *replacing, int log_fd,
-                   const char *log_prefix)
+                   unsigned mode, int log_fd, const char *log_prefix)
 {
-    char tmp[PATH_MAX], aside[PATH_MAX + 64], why[512] = "";
-    int code;
-    struct stat st;
-    if (replacing && stat(img, &st) == 0) {
-        char names[128], t1[32], t2[32];
-        snprintf(why, sizeof(why), "%s (written %s) newer than the image (last written %s)",
-                 file_names(tpm_version, replacing->present, names, sizeof(names)),
-                 when(&replacing->newest, t2, sizeof(t2)), when(&st.st_mtim, t1, sizeof(t1)));
-    }
-    if (replacing && (code = set_image_aside(img, aside, sizeof(aside))) != 0)
-        return code;
+    char tmp[PATH_MAX];
     snprintf(tmp, sizeof(tmp), "%s.importing", img);
     /* The folder's lock is held: an .importing file is an interrupted import's. */
     if (unlink(tmp) == 0)
@@ -115,14 +94,7 @@ int cli_dir_import(const char *dir, const char *img, int tpm_version, const stru
                              .mode = mode,
                              .quiet = true,
                              .dir_locked = true};
-    code = cli_import_dir(&req);
-    if (code && replacing && link(aside, img) == 0) /* the import failed: back as it was */
-        unlink(aside);
-    else if (code == 0 && replacing)
-        nv_log(log_fd, log_prefix,
-               "nvtpm: %s holds swtpm's %s: swtpm's state is served, imported anew; the image "
-               "%s is kept as %s",
-               dir, why, img, aside);
+    int code = cli_import_dir(&req);
     if (code == 0)
         nv_log(log_fd, log_prefix,
                "nvtpm: imported swtpm's TPM %s state from %s into %s%s; swtpm's files "

@@ -8,9 +8,10 @@
 # --print-states and --not-overwrite see the state. Then a TPM that real swtpm
 # made and used is served by nvtpm from its folder (imported: the NV data and
 # the EK are the same), swtpm and nvtpm exclude each other through the
-# folder's .lock, the TPM goes back to swtpm with `export --replace`, and in
-# a folder where swtpm ran since, swtpm's newer state is served (imported
-# anew) and nvtpm's image kept beside it.
+# folder's .lock, the TPM goes back to swtpm with `export --replace`, and a
+# folder where swtpm ran since beside nvtpm's image is refused with a line
+# naming both states, nothing touched; with the image moved away, swtpm's
+# state is imported.
 # Usage: test-swtpm-setup.sh NVTPM COMPAT_DIR
 set -u
 . "$(dirname "$0")/../lib.sh"
@@ -165,16 +166,21 @@ expect_exit 7 "nvtpm cannot start on the folder while swtpm runs (exit 7)" -- \
 nv_write swtpm-3
 stop "swtpm stops"
 sum=$(sha256sum <"$T/c/tpm-00.qcow2")
+before=$(sums "$T/c")
+expect_exit 1 "nvtpm on the image and swtpm's newer files side by side: exit 1" -- \
+    "$COMPAT/swtpm" socket --tpm2 --tpmstate "dir=$T/c" --ctrl "type=unixio,path=$T/other.sock"
+expect_output "$T/c holds two TPM states: the image $T/c/tpm-00.qcow2 \(last written [-0-9: ]+\) and swtpm's tpm2-00.permall.* \(written [-0-9: ]+, after the image\)" \
+    "the one line names both states and their times"
+[ "$(sha256sum <"$T/c/tpm-00.qcow2")" = "$sum" ] && [ "$(sums "$T/c")" = "$before" ] &&
+    [ "$(ls "$T/c" | grep -c tpm-00)" = 1 ] && [ ! -e "$T/other.sock" ] &&
+    pass "nothing is touched: the image, swtpm's files, no other file, no socket" ||
+    fail "nothing is touched: the image, swtpm's files, no other file, no socket" "$(ls -la "$T/c")"
+expect_exit 1 "--print-states refuses the same folder alike" -- \
+    "$COMPAT/swtpm" socket --tpm2 --tpmstate "dir=$T/c" --print-states
+mv "$T/c/tpm-00.qcow2" "$T/c-image.bak"
 serve "$COMPAT/swtpm" "$T/c"
-boots "nvtpm, swtpm's files newer than its image"
-nv_is "swtpm's newer state is served (imported anew), as swtpm would serve it" swtpm-3
-aside=$(ls "$T/c"/tpm-00.qcow2.replaced-* 2>/dev/null | head -1)
-[ -n "$aside" ] && [ "$(sha256sum <"$aside")" = "$sum" ] &&
-    pass "the image it replaces is kept beside it, unchanged ($(basename "$aside"))" ||
-    fail "the image it replaces is kept beside it, unchanged" "$(ls -la "$T/c")"
-grep -q "holds swtpm's tpm2-00.permall.* newer than the image .* is kept as $aside" "$T/server.log" &&
-    pass "the log names both states and where the image went" ||
-    fail "the log names both states and where the image went" "$(cat "$T/server.log")"
+boots "nvtpm, with the image moved away as docs/libvirt.md says"
+nv_is "swtpm's state is served, imported" swtpm-3
 stop "nvtpm stops"
 
 # --- 5. swtpm's encrypted files -------------------------------------------------------------------
