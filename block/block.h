@@ -94,6 +94,8 @@ struct bdrv_create_opts {
     uint32_t cluster_size; /* qcow2: a power of two, 512 B to 2 MiB; 0 = 64 KiB */
     int version;           /* qcow2: 2 or 3; 0 = 3 */
     unsigned mode;         /* permissions of the new file; 0 = 0600 */
+    uint64_t prealloc;     /* qcow2: the disk's first bytes mapped to allocated
+                              clusters (preallocation=metadata); 0 = none */
 };
 
 /* Create a new image file of the format ("qcow2" or "raw"). An existing

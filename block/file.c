@@ -402,13 +402,19 @@ static int file_reserve(struct bdrv_node *bs, uint64_t len, struct nv_error *err
         return nv_error_set(err, -errno, "%s: %s", bs->filename, strerror(errno));
     if (!S_ISREG(st.st_mode) || len > INT64_MAX)
         return 0; /* a block device's space is its size */
-    int mode = FALLOC_FL_KEEP_SIZE | (len ? 0 : FALLOC_FL_PUNCH_HOLE);
-    off_t span = len ? (off_t)len : INT64_MAX - st.st_size;
     int r;
+    if (!len) {
+        /* Given back by truncating to the size it has: ext4 ignores a hole
+         * punched past the end, and a span up to INT64_MAX is EFBIG. */
+        do {
+            r = ftruncate(fd, st.st_size);
+        } while (r < 0 && errno == EINTR);
+        return 0;
+    }
     do {
-        r = fallocate(fd, mode, st.st_size, span);
+        r = fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, (off_t)len);
     } while (r < 0 && errno == EINTR);
-    if (r < 0 && len && errno != EOPNOTSUPP && errno != ENOSYS)
+    if (r < 0 && errno != EOPNOTSUPP && errno != ENOSYS)
         return nv_error_set(err, -errno, "%s: cannot reserve %llu bytes of disk space: %s",
                             bs->filename, (unsigned long long)len, strerror(errno));
     return 0;

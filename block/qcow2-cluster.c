@@ -319,11 +319,6 @@ static int old_content(struct bdrv_node *bs, uint64_t entry, enum cluster_kind k
     return 0;
 }
 
-static bool all_zero(const uint8_t *p, size_t n)
-{
-    return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
-}
-
 /* Write n bytes at in_off into host cluster host, whose other bytes must be
  * those of the old entry. A fresh cluster past the end of the file reads as
  * zeros already, so then only the new bytes are written, and zeros (an
@@ -333,7 +328,7 @@ static int fill_cluster(struct bdrv_node *bs, uint64_t host, uint64_t in_off, co
                         size_t n, uint64_t entry, enum cluster_kind kind, struct nv_error *err)
 {
     struct qcow2_state *s = bs->opaque;
-    if (n == s->cluster_size && all_zero(buf, n)) /* e.g. preallocation */
+    if (n == s->cluster_size && nv_all_zero(buf, n)) /* e.g. preallocation */
         return bdrv_pwrite_zeroes(s->file, host, n, err);
     if (n == s->cluster_size)
         return bdrv_pwrite(s->file, host, buf, n, err);

@@ -1,5 +1,8 @@
 /* qcow2-create.c - a new, empty qcow2 image: header, refcount table,
- * refcount blocks and L1 table, laid out as `qemu-img create` does. */
+ * refcount blocks and L1 table, laid out as `qemu-img create` does; with
+ * preallocation, also the L2 tables and data clusters of the disk's first
+ * bytes (qemu-img's preallocation=metadata), so that writing them later
+ * changes no metadata: a new TPM's format then flushes its data only. */
 #include "qcow2.h"
 
 #include <endian.h>
@@ -31,25 +34,57 @@ static int write_all(int fd, const void *buf, size_t len, uint64_t off)
 }
 
 struct layout {
-    uint64_t cs, l1_entries, l1_clusters, reftable_clusters, refblocks, total;
+    uint64_t cs, l1_entries, l1_clusters, reftable_clusters, refblocks;
+    uint64_t l2_tables, data_clusters; /* preallocated */
+    uint64_t total;
 };
 
-/* Header, refcount table, refcount blocks, L1: the refcount blocks must
- * count every one of these clusters, themselves included. */
-static void plan(struct layout *l, uint64_t size)
+static uint64_t l2_start(const struct layout *l)
+{
+    return 1 + l->reftable_clusters + l->refblocks + l->l1_clusters;
+}
+
+/* Header, refcount table, refcount blocks, L1, then the preallocated L2
+ * tables and data clusters: the refcount blocks must count every one of
+ * these clusters, themselves included. */
+static void plan(struct layout *l, uint64_t size, uint64_t prealloc)
 {
     uint64_t per_l2 = l->cs * (l->cs / 8), per_block = l->cs * 8 / 16;
     l->l1_entries = div_up(size, per_l2);
     if (!l->l1_entries)
         l->l1_entries = 1;
     l->l1_clusters = div_up(l->l1_entries * 8, l->cs);
+    l->data_clusters = div_up(prealloc < size ? prealloc : size, l->cs);
+    l->l2_tables = div_up(l->data_clusters, l->cs / 8);
     l->reftable_clusters = l->refblocks = 1;
     for (int i = 0; i < 16; i++) {
-        l->total = 1 + l->reftable_clusters + l->refblocks + l->l1_clusters;
+        l->total = l2_start(l) + l->l2_tables + l->data_clusters;
         l->refblocks = div_up(l->total, per_block);
         l->reftable_clusters = div_up(l->refblocks * 8, l->cs);
     }
-    l->total = 1 + l->reftable_clusters + l->refblocks + l->l1_clusters;
+    l->total = l2_start(l) + l->l2_tables + l->data_clusters;
+}
+
+/* The L1 clusters and the preallocated L2 tables: each data cluster mapped
+ * in order, in use once (COPIED). */
+static int write_mapping(int fd, const struct layout *l, uint8_t *buf)
+{
+    uint64_t per_table = l->cs / 8, l2_first = l2_start(l), data_first = l2_first + l->l2_tables;
+    int r = 0;
+    for (uint64_t i = 0; r == 0 && i < l->l1_clusters; i++) {
+        memset(buf, 0, l->cs);
+        for (uint64_t j = 0; j < per_table && i * per_table + j < l->l2_tables; j++)
+            nv_put_be64(buf + 8 * j, (l2_first + i * per_table + j) * l->cs | QCOW2_OFLAG_COPIED);
+        r = write_all(fd, buf, l->cs, (l2_first - l->l1_clusters + i) * l->cs);
+    }
+    for (uint64_t t = 0; r == 0 && t < l->l2_tables; t++) {
+        memset(buf, 0, l->cs);
+        for (uint64_t j = 0; j < per_table && t * per_table + j < l->data_clusters; j++)
+            nv_put_be64(buf + 8 * j,
+                        (data_first + t * per_table + j) * l->cs | QCOW2_OFLAG_COPIED);
+        r = write_all(fd, buf, l->cs, (l2_first + t) * l->cs);
+    }
+    return r;
 }
 
 static int write_layout(int fd, const struct layout *l, uint64_t size, int version)
@@ -83,10 +118,17 @@ static int write_layout(int fd, const struct layout *l, uint64_t size, int versi
             buf[2 * j + 1] = 1;
         r = write_all(fd, buf, l->cs, (1 + l->reftable_clusters + b) * l->cs);
     }
-    memset(buf, 0, l->cs);
-    for (uint64_t i = 0; r == 0 && i < l->l1_clusters; i++)
-        r = write_all(fd, buf, l->cs, (l->total - l->l1_clusters + i) * l->cs);
+    if (r == 0)
+        r = write_mapping(fd, l, buf);
     free(buf);
+    /* The data clusters: the file holds them (a table must not map past its
+     * end), their disk space allocated now; they read as zeros. */
+    if (r == 0 && l->data_clusters) {
+        off_t start = (off_t)((l->total - l->data_clusters) * l->cs);
+        off_t len = (off_t)(l->data_clusters * l->cs);
+        if (fallocate(fd, 0, start, len) < 0)
+            r = errno == EOPNOTSUPP ? (ftruncate(fd, start + len) < 0 ? -errno : 0) : -errno;
+    }
     return r;
 }
 
@@ -105,7 +147,7 @@ int qcow2_create(const char *path, const struct bdrv_create_opts *opts, struct n
     if (opts->size > (1ull << 50))
         return nv_error_set(err, -EFBIG, "%s: %llu bytes is too large", path,
                             (unsigned long long)opts->size);
-    plan(&l, opts->size);
+    plan(&l, opts->size, opts->prealloc);
     if (l.l1_entries * 8 > QCOW2_MAX_L1_BYTES || l.refblocks > l.cs / 8 * l.reftable_clusters)
         return nv_error_set(err, -EFBIG, "%s: too large for %llu-byte clusters", path,
                             (unsigned long long)l.cs);

@@ -41,12 +41,15 @@ int cli_make_image(const char *img, uint64_t size, uint32_t cluster, unsigned mo
                    const struct nvram_options *opts, struct bdrv_node **out)
 {
     struct nv_error err = {0};
-    struct bdrv_create_opts co = {.size = size, .cluster_size = cluster, .mode = mode};
+    struct bdrv_create_opts co = {
+        .size = size, .cluster_size = cluster, .mode = mode, .prealloc = NVRAM_MIN_DISK_SIZE};
     int r = bdrv_create("qcow2", img, &co, &err);
     if (r < 0)
         return cli_fail(r == -EEXIST ? CLI_EXIT_USAGE : cli_exit_code(&err, r), "%s", err.msg);
     struct bdrv_node *bs = bdrv_open_format("qcow2", img, BDRV_O_RDWR | BDRV_O_OWNER, NULL, &err);
-    r = bs ? nvram_format(bs, opts, &err) : err.code;
+    struct nvram_options made = *opts;
+    made.just_created = true;
+    r = bs ? nvram_format(bs, &made, &err) : err.code;
     if (r < 0) {
         if (bs)
             bdrv_close(bs);

@@ -45,14 +45,6 @@ size_t nvram_data_key_size(enum nvram_cipher cipher)
     return cipher == NVRAM_CIPHER_AES128_GCM ? 16 : cipher == NVRAM_CIPHER_AES256_GCM ? 32 : 0;
 }
 
-bool nvram_all_zero(const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i])
-            return false;
-    return true;
-}
-
 static uint32_t get32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -143,7 +135,7 @@ static int decode_key(const uint8_t *p, unsigned index, struct nvram_keyslot *k,
 {
     memset(k, 0, sizeof(*k));
     if (p[0] == 0)
-        return nvram_all_zero(p, SB_KEY_SIZE) ? 0 : WHY("key slot %u: empty but not zero", index);
+        return nv_all_zero(p, SB_KEY_SIZE) ? 0 : WHY("key slot %u: empty but not zero", index);
     k->used = p[0];
     k->kind = p[1];
     k->kek_size = p[2];
@@ -154,7 +146,7 @@ static int decode_key(const uint8_t *p, unsigned index, struct nvram_keyslot *k,
     memcpy(k->tag, p + 84, 16);
     k->created = get64(p + 100);
     if (k->used != 1 || (k->kind != NVRAM_KEY_RAW && k->kind != NVRAM_KEY_PASSPHRASE) ||
-        (k->kek_size != 16 && k->kek_size != 32) || p[3] || !nvram_all_zero(p + 108, 52))
+        (k->kek_size != 16 && k->kek_size != 32) || p[3] || !nv_all_zero(p + 108, 52))
         return WHY("key slot %u: malformed", index);
     if (k->kind == NVRAM_KEY_PASSPHRASE && k->iterations < NVRAM_MIN_ITERATIONS)
         return WHY("key slot %u: %u PBKDF2 iterations is below %u", index, k->iterations,
@@ -201,7 +193,7 @@ int nvram_super_decode(const uint8_t *raw, struct nvram_super *sb, char *why, si
             return r;
         any_key |= sb->keys[k].used;
     }
-    if (!nvram_all_zero(raw + SB_KEYS + SB_KEY_SIZE * NVRAM_KEY_SLOTS,
+    if (!nv_all_zero(raw + SB_KEYS + SB_KEY_SIZE * NVRAM_KEY_SLOTS,
                         SB_SUM - SB_KEYS - SB_KEY_SIZE * NVRAM_KEY_SLOTS))
         return WHY("reserved bytes are not zero");
     if ((sb->cipher != NVRAM_CIPHER_NONE) != any_key)
@@ -288,7 +280,7 @@ void nvram_slot_open(const uint8_t *slot, size_t slot_size, enum nvram_blob blob
                      struct nvram_slot_info *info)
 {
     memset(info, 0, sizeof(*info));
-    if (nvram_all_zero(slot, NVRAM_SLOT_HEADER_SIZE)) {
+    if (nv_all_zero(slot, NVRAM_SLOT_HEADER_SIZE)) {
         info->state = NVRAM_SLOT_BLANK;
         return;
     }
@@ -313,7 +305,7 @@ void nvram_slot_open(const uint8_t *slot, size_t slot_size, enum nvram_blob blob
     }
     if (info->length > capacity || (info->deleted && info->length) || (slot[37] & ~1u) ||
         slot[38] || slot[39] || get32(slot + 68) ||
-        !nvram_all_zero(slot + 104, NVRAM_SLOT_HEADER_SIZE - 104) || info->sequence == 0) {
+        !nv_all_zero(slot + 104, NVRAM_SLOT_HEADER_SIZE - 104) || info->sequence == 0) {
         slot_problem(info, "malformed header");
         return;
     }
@@ -333,7 +325,7 @@ void nvram_slot_open(const uint8_t *slot, size_t slot_size, enum nvram_blob blob
         info->state = NVRAM_SLOT_VALID;
         return;
     }
-    if (info->cipher != sb->cipher || !nvram_all_zero(slot + 88, 16)) {
+    if (info->cipher != sb->cipher || !nv_all_zero(slot + 88, 16)) {
         slot_problem(info, "cipher does not match the image's");
         return;
     }

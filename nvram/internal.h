@@ -47,7 +47,6 @@ struct nvram_slot_header {
 };
 
 /* format.c */
-bool nvram_all_zero(const uint8_t *p, size_t n);
 /* The version 1 layout for a new image. */
 void nvram_layout_default(struct nvram_super *sb);
 /* Decode and verify one superblock copy; why says what is wrong. */

@@ -89,6 +89,10 @@ typedef void (*nvram_warn_fn)(void *opaque, const char *message);
 struct nvram_options {
     int tpm_version;   /* 1 (TPM 1.2) or 2 (TPM 2.0); 0: whatever the image holds */
     bool format_blank; /* format a blank image (needs tpm_version and ownership) */
+    bool just_created; /* this process made the image (bdrv_create, O_EXCL, the
+                          NVRAM's NVRAM_MIN_DISK_SIZE preallocated) and owns it
+                          since: blank, no leaks, every cluster allocated,
+                          without reading it to see */
     const struct nvram_key *key;
     enum nvram_cipher cipher; /* for formatting with a key; 0 = AES-256-GCM */
     bool no_sync;             /* commits skip fdatasync (the user's choice) */

@@ -27,7 +27,8 @@ static int create_image(const struct nvram_storage_options *o, bool *created, st
         return 0;
     struct bdrv_create_opts co = {.size =
                                       o->create_size ? o->create_size : NVRAM_DEFAULT_IMAGE_SIZE,
-                                  .mode = o->create_mode ? o->create_mode : 0640};
+                                  .mode = o->create_mode ? o->create_mode : 0640,
+                                  .prealloc = NVRAM_MIN_DISK_SIZE};
     int r = bdrv_create("qcow2", o->spec, &co, err);
     *created = r == 0;
     return r == -EEXIST ? 0 : r; /* made meanwhile by someone else: open theirs */
@@ -59,6 +60,7 @@ int nvram_storage_open_nvram(struct nvram_storage *st, const struct nvram_option
 {
     struct nvram_options o = *opts;
     o.format_blank = opts->format_blank && nvram_storage_owned(st);
+    o.just_created = st->created; /* made by bdrv_create (O_EXCL), owned since */
     st->nv = nvram_open(st->bs, &o, err);
     if (!st->nv && st->created) {
         /* Made by this start and never formatted whole (a full disk): it

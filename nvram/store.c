@@ -52,7 +52,7 @@ int nvram_read_super(struct bdrv_node *bs, struct nvram_super *sb, int *copy, bo
         *sb = cand[*copy];
         return 0;
     }
-    if (nvram_all_zero(raw[0], sizeof(raw)))
+    if (nv_all_zero(raw[0], sizeof(raw)))
         return -ENODATA;
     bool ours = memcmp(raw[0], "NVTPMSB1", 8) == 0 || memcmp(raw[1], "NVTPMSB1", 8) == 0;
     snprintf(why, why_size, "%s (copy 0: %s; copy 1: %s)",
@@ -71,7 +71,7 @@ static int check_blank(struct bdrv_node *bs, uint64_t end, struct nv_error *err)
     for (uint64_t off = 0; off < end && r == 0; off += ZERO_CHUNK) {
         size_t n = end - off < ZERO_CHUNK ? (size_t)(end - off) : ZERO_CHUNK;
         r = bdrv_pread(bs, off, buf, n, err);
-        if (r == 0 && !nvram_all_zero(buf, n))
+        if (r == 0 && !nv_all_zero(buf, n))
             r = nv_error_set_status(err, NV_STATUS_CORRUPT, -EUCLEAN,
                                     "%s holds data at offset %llu but no nvtpm NVRAM; refusing to "
                                     "format over it",
@@ -169,16 +169,19 @@ static int give_back_leaks(struct bdrv_node *bs, struct nv_error *err)
 }
 
 static int format_locked(struct bdrv_node *bs, const struct nvram_super *sb,
-                         const uint8_t *data_key, uint64_t end, struct nv_error *err)
+                         const uint8_t *data_key, uint64_t end, bool just_created,
+                         struct nv_error *err)
 {
     /* The space first: a full disk then fails the format before it has
      * allocated anything (a quarter again on top for the metadata). */
     int r = bdrv_reserve(bs, end + end / 4, err);
-    if (r == 0)
+    /* A new image was made with this area preallocated (and nothing else):
+     * no leaks, and its clusters allocated and reading as zeros already. */
+    if (r == 0 && !just_created)
         r = give_back_leaks(bs, err);
-    if (r == 0)
+    if (r == 0 && !just_created)
         r = write_zeros(bs, end, err);
-    if (r == 0)
+    if (r == 0 && !just_created)
         r = bdrv_flush(bs, err);
     if (r == 0)
         r = nvram_write_super(bs, sb, 0, false, err);
@@ -220,7 +223,7 @@ static int format_image(struct bdrv_node *bs, const struct nvram_options *opts,
         r = nv_error_set_status(err, NV_STATUS_CORRUPT, -EMSGSIZE, "%s: %s", bdrv_filename(bs),
                                 why);
     if (r == 0 && (r = bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, lock_timeout(opts), err)) == 0) {
-        r = format_locked(bs, sb, data_key, end, err);
+        r = format_locked(bs, sb, data_key, end, opts->just_created, err);
         bdrv_unlock(bs, NULL);
     }
     return r;
@@ -274,7 +277,7 @@ static int open_super(struct nvram *nv, const struct nvram_options *opts, struct
     bool formatted = false;
     int r = nvram_read_super(nv->bs, &nv->sb, &nv->sb_copy, valid, why, sizeof(why), err);
     if (r == -ENODATA && opts->format_blank) {
-        if ((r = check_blank(nv->bs, NVRAM_MIN_DISK_SIZE, err)) < 0 ||
+        if ((!opts->just_created && (r = check_blank(nv->bs, NVRAM_MIN_DISK_SIZE, err)) < 0) ||
             (r = format_image(nv->bs, opts, &made, nv->data_key, err)) < 0)
             return r;
         formatted = true;
