@@ -113,9 +113,10 @@ static int lookup(struct bdrv_node *bs, uint64_t guest, uint64_t *entry, struct 
     if (!l2)
         return 0;
     uint8_t *t;
-    int r = qcow2_cache_get(bs, &s->l2_cache, l2, false, &t, err);
+    uint64_t i = l2_index(s, guest);
+    int r = qcow2_cache_get_part(bs, &s->l2_cache, l2, i * 8, 8, &t, err);
     if (r == 0)
-        *entry = l2_get(t, l2_index(s, guest));
+        *entry = l2_get(t, i);
     return r;
 }
 
@@ -133,7 +134,11 @@ static int read_compressed(struct bdrv_node *bs, uint64_t entry, struct nv_error
     if (!in)
         return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
     s->decomp_valid = false;
-    int r = bdrv_pread(s->file, coffset, in, csize, err);
+    int r = qcow2_decompress_load(s, err);
+    if (r < 0)
+        nv_error_prefix(err, r, "%s", bs->filename);
+    if (r == 0)
+        r = bdrv_pread(s->file, coffset, in, csize, err);
     if (r == 0 && qcow2_decompress(s, in, csize, s->decomp_buf, s->cluster_size) < 0)
         r = nv_error_set(err, -EIO, "%s: compressed cluster at offset %llu does not decompress",
                          bs->filename, (unsigned long long)coffset);
@@ -277,9 +282,10 @@ static int set_entry(struct bdrv_node *bs, uint64_t l2_off, uint64_t guest, uint
 {
     struct qcow2_state *s = bs->opaque;
     uint8_t *t;
-    int r = qcow2_cache_get(bs, &s->l2_cache, l2_off, false, &t, err);
+    uint64_t i = l2_index(s, guest);
+    int r = qcow2_cache_get_part(bs, &s->l2_cache, l2_off, i * 8, 8, &t, err);
     if (r == 0) {
-        l2_set(t, l2_index(s, guest), entry);
+        l2_set(t, i, entry);
         qcow2_cache_mark_dirty(&s->l2_cache, l2_off);
     }
     return r;

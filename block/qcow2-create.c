@@ -80,8 +80,7 @@ static int write_mapping(int fd, const struct layout *l, uint8_t *buf)
     for (uint64_t t = 0; r == 0 && t < l->l2_tables; t++) {
         memset(buf, 0, l->cs);
         for (uint64_t j = 0; j < per_table && t * per_table + j < l->data_clusters; j++)
-            nv_put_be64(buf + 8 * j,
-                        (data_first + t * per_table + j) * l->cs | QCOW2_OFLAG_COPIED);
+            nv_put_be64(buf + 8 * j, (data_first + t * per_table + j) * l->cs | QCOW2_OFLAG_COPIED);
         r = write_all(fd, buf, l->cs, (l2_first + t) * l->cs);
     }
     return r;

@@ -13,6 +13,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Where refcount index lies in its block: the byte, and how many bytes
+ * (refcounts of 1, 2 or 4 bits share a byte). */
+static uint64_t entry_byte(const struct qcow2_state *s, uint64_t index)
+{
+    return (index << s->refcount_order) / 8;
+}
+
+static uint64_t entry_bytes(const struct qcow2_state *s)
+{
+    return s->refcount_order <= 3 ? 1 : 1u << (s->refcount_order - 3);
+}
+
 static uint64_t refblock_get(const struct qcow2_state *s, const uint8_t *block, uint64_t index)
 {
     switch (s->refcount_order) {
@@ -90,10 +102,12 @@ int qcow2_get_refcount(struct bdrv_node *bs, uint64_t cluster, uint64_t *refcoun
     if (!block)
         return 0;
     uint8_t *data;
-    int r = qcow2_cache_get(bs, &s->refblock_cache, block, false, &data, err);
+    uint64_t i = cluster % s->refblock_entries;
+    int r = qcow2_cache_get_part(bs, &s->refblock_cache, block, entry_byte(s, i), entry_bytes(s),
+                                 &data, err);
     if (r < 0)
         return r;
-    *refcount = refblock_get(s, data, cluster % s->refblock_entries);
+    *refcount = refblock_get(s, data, i);
     return 0;
 }
 
@@ -108,10 +122,12 @@ static int set_in_block(struct bdrv_node *bs, uint64_t cluster, uint64_t refcoun
                             bs->filename, (unsigned long long)cluster,
                             (unsigned long long)s->refcount_max);
     uint8_t *data;
-    int r = qcow2_cache_get(bs, &s->refblock_cache, block, false, &data, err);
+    uint64_t i = cluster % s->refblock_entries;
+    int r = qcow2_cache_get_part(bs, &s->refblock_cache, block, entry_byte(s, i), entry_bytes(s),
+                                 &data, err);
     if (r < 0)
         return r;
-    refblock_set(s, data, cluster % s->refblock_entries, refcount);
+    refblock_set(s, data, i, refcount);
     qcow2_cache_mark_dirty(&s->refblock_cache, block);
     return 0;
 }

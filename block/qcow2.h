@@ -47,11 +47,18 @@
 
 /* A cached cluster-sized table (an L2 table or a refcount block), kept in
  * its on-disk (big-endian) form. */
+/* A table is read a 4 KiB page at a time, as its entries are asked for: an
+ * nvtpm image uses a few hundred bytes of its one L2 table and refcount
+ * block, and a TPM's process need not hold their 64 KiB each (issue 19). */
+#define QCOW2_CACHE_PAGE  4096u
+#define QCOW2_CACHE_PAGES ((2u << 20) / QCOW2_CACHE_PAGE) /* of the largest cluster */
+
 struct qcow2_table {
     uint64_t offset; /* host offset; 0 = empty slot */
     uint8_t *data;
     bool dirty;
-    uint64_t used; /* for LRU */
+    uint64_t used;                           /* for LRU */
+    uint64_t loaded[QCOW2_CACHE_PAGES / 64]; /* a bit per page read (or zeroed) */
 };
 
 /* Kinds of metadata, for overlap checks: a structure may be written over
@@ -148,13 +155,18 @@ static inline uint64_t qcow2_round_up(uint64_t v, uint64_t align)
 int qcow2_cache_init(struct qcow2_cache *c, enum qcow2_meta kind, unsigned count,
                      uint64_t cluster_size);
 void qcow2_cache_destroy(struct qcow2_cache *c);
-/* Find or load the table at offset; fresh = start from zeros, not disk. */
+/* Find or load the table at offset, all of it; fresh = start from zeros, not disk. */
 int qcow2_cache_get(struct bdrv_node *bs, struct qcow2_cache *c, uint64_t offset, bool fresh,
                     uint8_t **data, struct nv_error *err);
+/* The same, but only bytes [byte, byte + len) of the table need be loaded:
+ * what one entry's read or update touches. */
+int qcow2_cache_get_part(struct bdrv_node *bs, struct qcow2_cache *c, uint64_t offset,
+                         uint64_t byte, uint64_t len, uint8_t **data, struct nv_error *err);
 void qcow2_cache_mark_dirty(struct qcow2_cache *c, uint64_t offset);
-/* Write every dirty table of c (after an overlap check each). */
 /* Announce the write of a metadata table of this kind (bdrv_event). */
 void qcow2_announce_write(struct bdrv_node *bs, enum qcow2_meta kind);
+/* Write every dirty table of c (after an overlap check each): the pages of
+ * it that were loaded, the others being on disk as they are. */
 int qcow2_cache_write_dirty(struct bdrv_node *bs, struct qcow2_cache *c, enum qcow2_meta kind,
                             struct nv_error *err);
 bool qcow2_cache_has_dirty(const struct qcow2_cache *c);
@@ -198,7 +210,9 @@ int qcow2_write_zeroes(struct bdrv_node *bs, uint64_t offset, uint64_t len, stru
 void qcow2_compressed_range(const struct qcow2_state *s, uint64_t entry, uint64_t *offset,
                             uint64_t *length);
 
-/* qcow2-compress.c */
+/* qcow2-compress.c: _load first (the library, on first use; -ENOTSUP and a
+ * message if it cannot be had), then decompress (-EIO: damaged data). */
+int qcow2_decompress_load(const struct qcow2_state *s, struct nv_error *err);
 int qcow2_decompress(const struct qcow2_state *s, const uint8_t *in, size_t in_len, uint8_t *out,
                      size_t out_len);
 

@@ -3,12 +3,12 @@
  * 0 clean, 1 error (could not check), 2 corruption, 3 leaks only. */
 #include <errno.h>
 #include <getopt.h>
-#include <json-c/json.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "block.h"
 #include "cli.h"
+#include "json.h"
 #include "nvram.h"
 
 enum { CHECK_CLEAN = 0, CHECK_ERROR = 1, CHECK_CORRUPT = 2, CHECK_LEAKS = 3 };

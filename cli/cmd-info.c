@@ -2,13 +2,13 @@
  * what an image holds, read-only, without ownership and without secrets. */
 #include <errno.h>
 #include <getopt.h>
-#include <json-c/json.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "block.h"
 #include "cli.h"
+#include "json.h"
 #include "nvram.h"
 
 #define MAX_HOLDERS 16

@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
-#include <json-c/json.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -16,6 +15,7 @@
 
 #include "block.h"
 #include "cli.h"
+#include "json.h"
 #include "fdstash.h"
 #include "migration.h"
 #include "nvram.h"

@@ -2,10 +2,10 @@
  * The checks are tpm_validate's (tpm/validate.c); here the options, the text
  * or --json report and one exit code per outcome. */
 #include <getopt.h>
-#include <json-c/json.h>
 #include <stdio.h>
 
 #include "cli.h"
+#include "json.h"
 #include "tpm.h"
 
 static const char validate_usage[] =

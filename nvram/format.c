@@ -194,7 +194,7 @@ int nvram_super_decode(const uint8_t *raw, struct nvram_super *sb, char *why, si
         any_key |= sb->keys[k].used;
     }
     if (!nv_all_zero(raw + SB_KEYS + SB_KEY_SIZE * NVRAM_KEY_SLOTS,
-                        SB_SUM - SB_KEYS - SB_KEY_SIZE * NVRAM_KEY_SLOTS))
+                     SB_SUM - SB_KEYS - SB_KEY_SIZE * NVRAM_KEY_SLOTS))
         return WHY("reserved bytes are not zero");
     if ((sb->cipher != NVRAM_CIPHER_NONE) != any_key)
         return WHY("cipher %s with%s key slots", nvram_cipher_name(sb->cipher),

@@ -93,6 +93,18 @@ static inline bool nv_all_zero(const void *p, size_t n)
     return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
 }
 
+/* lazy.c: a library loaded on first use. Each symbol's address goes into
+ * the function pointer slot points at. Loaded once (*handle set, kept for
+ * the process's life); a failure is -ENOTSUP with a message naming purpose
+ * ("reading zstd-compressed clusters"), the library and what is missing, and
+ * the next call tries again. Thread-safe. */
+struct nv_lazy_symbol {
+    const char *name;
+    void *slot;
+};
+int nv_lazy_load(const char *soname, const char *purpose, struct nv_lazy_symbol *syms, size_t n,
+                 void **handle, struct nv_error *err);
+
 /* Parse a whole string as an unsigned decimal number no greater than max.
  * No sign, no spaces, no trailing characters. Returns 0, -EINVAL or -ERANGE. */
 int nv_parse_u64(const char *text, uint64_t max, uint64_t *out);
