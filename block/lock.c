@@ -142,6 +142,13 @@ int bdrv_ofd_lock(int fd, short type, uint64_t start, uint64_t len, int timeout_
         } while (r < 0 && errno == EINTR);
         return r == 0 ? 0 : -errno;
     }
+    /* A free lock first, in one call: the deadline's timer and signal mask
+     * (seven more system calls) only when someone holds it. Every commit
+     * takes this lock, and is otherwise one write and one flush. */
+    if (ofd_fcntl(fd, F_OFD_SETLK, type, start, len) == 0)
+        return 0;
+    if (errno != EACCES && errno != EAGAIN && errno != EINTR)
+        return -errno;
     return wait_with_deadline(fd, type, start, len, timeout_ms);
 }
 
