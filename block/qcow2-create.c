@@ -86,6 +86,31 @@ static int write_mapping(int fd, const struct layout *l, uint8_t *buf)
     return r;
 }
 
+/* The preallocated data clusters: the file holds them (a table must not map
+ * past its end) with their disk space allocated now, so that a full disk
+ * fails the creation, never a later write. Where fallocate is not offered
+ * (NFS v3, some FUSE file systems) real zeros are written instead: a hole
+ * would put the full disk off until a commit. */
+static int allocate_data(int fd, uint64_t start, uint64_t len)
+{
+    int r;
+    do {
+        r = fallocate(fd, 0, (off_t)start, (off_t)len);
+    } while (r < 0 && errno == EINTR);
+    if (r == 0)
+        return 0;
+    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+        return -errno;
+    uint8_t *zeros = calloc(1, 1u << 20);
+    if (!zeros)
+        return -ENOMEM;
+    for (uint64_t off = 0; r == 0 && off < len; off += 1u << 20)
+        r = write_all(fd, zeros, len - off < (1u << 20) ? (size_t)(len - off) : 1u << 20,
+                      start + off);
+    free(zeros);
+    return r;
+}
+
 static int write_layout(int fd, const struct layout *l, uint64_t size, int version)
 {
     uint8_t *buf = calloc(1, l->cs);
@@ -120,14 +145,8 @@ static int write_layout(int fd, const struct layout *l, uint64_t size, int versi
     if (r == 0)
         r = write_mapping(fd, l, buf);
     free(buf);
-    /* The data clusters: the file holds them (a table must not map past its
-     * end), their disk space allocated now; they read as zeros. */
-    if (r == 0 && l->data_clusters) {
-        off_t start = (off_t)((l->total - l->data_clusters) * l->cs);
-        off_t len = (off_t)(l->data_clusters * l->cs);
-        if (fallocate(fd, 0, start, len) < 0)
-            r = errno == EOPNOTSUPP ? (ftruncate(fd, start + len) < 0 ? -errno : 0) : -errno;
-    }
+    if (r == 0 && l->data_clusters)
+        r = allocate_data(fd, (l->total - l->data_clusters) * l->cs, l->data_clusters * l->cs);
     return r;
 }
 

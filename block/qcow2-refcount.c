@@ -176,7 +176,7 @@ static int grow_reftable(struct bdrv_node *bs, uint64_t index, struct nv_error *
                             bs->filename, (unsigned long long)s->cluster_size);
     uint64_t block = index * s->refblock_entries * s->cluster_size,
              table_off = block + s->cluster_size;
-    uint64_t *table = calloc(entries, 8);
+    uint64_t *table = qcow2_sparse_table_new(entries);
     uint8_t *data;
     if (!table)
         return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
@@ -184,7 +184,7 @@ static int grow_reftable(struct bdrv_node *bs, uint64_t index, struct nv_error *
     if (r == 0)
         r = qcow2_cache_get(bs, &s->refblock_cache, block, true, &data, err);
     if (r < 0) { /* nothing changed yet */
-        free(table);
+        qcow2_sparse_table_free(table, entries);
         return r;
     }
     /* The new block counts itself and the table right after it. */
@@ -195,7 +195,7 @@ static int grow_reftable(struct bdrv_node *bs, uint64_t index, struct nv_error *
     table[index] = block;
     /* From here on nothing fails: switch to the new table. */
     uint64_t old_offset = s->reftable_offset, old_clusters = s->reftable_clusters;
-    free(s->reftable);
+    qcow2_sparse_table_free(s->reftable, s->reftable_entries);
     s->reftable = table;
     s->reftable_entries = entries;
     s->reftable_offset = table_off;

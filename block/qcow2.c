@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define QCOW2_MAX_BACKING_DEPTH 16
 
@@ -241,6 +243,45 @@ static int load_table(struct bdrv_node *bs, uint64_t offset, uint64_t entries, u
     }
     for (uint64_t i = 0; i < entries; i++)
         t[i] = be64toh(t[i]);
+    *out = t;
+    return 0;
+}
+
+uint64_t *qcow2_sparse_table_new(uint64_t entries)
+{
+    size_t size = qcow2_round_up((entries ? entries : 1) * 8, (uint64_t)sysconf(_SC_PAGESIZE));
+    void *t = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return t == MAP_FAILED ? NULL : t;
+}
+
+void qcow2_sparse_table_free(uint64_t *t, uint64_t entries)
+{
+    if (t)
+        munmap(t, qcow2_round_up((entries ? entries : 1) * 8, (uint64_t)sysconf(_SC_PAGESIZE)));
+}
+
+/* The refcount table, read a page at a time: only pages with an entry in
+ * them are copied, so a 64 KiB table that points at one refcount block keeps
+ * one resident page (a host runs one TPM process per VM). */
+static int load_sparse_table(struct bdrv_node *bs, uint64_t offset, uint64_t entries,
+                             uint64_t **out, struct nv_error *err)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint64_t *t = qcow2_sparse_table_new(entries), page[512];
+    if (!t)
+        return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
+    for (uint64_t i = 0; i < entries; i += 512) {
+        uint64_t n = entries - i < 512 ? entries - i : 512;
+        int r = bdrv_pread(s->file, offset + i * 8, page, n * 8, err);
+        if (r < 0) {
+            qcow2_sparse_table_free(t, entries);
+            return r;
+        }
+        if (nv_all_zero(page, n * 8))
+            continue;
+        for (uint64_t j = 0; j < n; j++)
+            t[i + j] = be64toh(page[j]);
+    }
     *out = t;
     return 0;
 }
@@ -484,7 +525,7 @@ static int qcow2_open(struct bdrv_node *bs, const char *spec, struct nv_error *e
     if (r == 0)
         r = check_entries(bs, "L1", s->l1, s->l1_size, QCOW2_L1_RESERVED, (uint64_t)file_len, err);
     if (r == 0)
-        r = load_table(bs, s->reftable_offset, s->reftable_entries, &s->reftable, err);
+        r = load_sparse_table(bs, s->reftable_offset, s->reftable_entries, &s->reftable, err);
     if (r == 0)
         r = check_entries(bs, "refcount table", s->reftable, s->reftable_entries,
                           QCOW2_REFT_RESERVED, (uint64_t)file_len, err);
@@ -516,7 +557,7 @@ static void free_state(struct qcow2_state *s)
     qcow2_cache_destroy(&s->l2_cache);
     qcow2_cache_destroy(&s->refblock_cache);
     free(s->l1);
-    free(s->reftable);
+    qcow2_sparse_table_free(s->reftable, s->reftable_entries);
     free(s->snapshots);
     free(s->pending);
     free(s->decomp_buf);

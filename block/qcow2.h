@@ -151,6 +151,11 @@ static inline uint64_t qcow2_round_up(uint64_t v, uint64_t align)
     return (v + align - 1) & ~(align - 1);
 }
 
+/* qcow2.c: the refcount table's memory, an anonymous mapping of its own
+ * (zeroed; pages that only ever hold zeros never become resident). */
+uint64_t *qcow2_sparse_table_new(uint64_t entries);
+void qcow2_sparse_table_free(uint64_t *t, uint64_t entries);
+
 /* qcow2-cache.c */
 int qcow2_cache_init(struct qcow2_cache *c, enum qcow2_meta kind, unsigned count,
                      uint64_t cluster_size);

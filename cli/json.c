@@ -11,7 +11,7 @@ static struct cli_json_api api;
 
 const struct cli_json_api *cli_json(void)
 {
-    if (handle)
+    if (__atomic_load_n(&handle, __ATOMIC_ACQUIRE))
         return &api;
     struct nv_lazy_symbol syms[] = {
         {"json_object_new_object", &api.new_object},

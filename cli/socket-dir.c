@@ -21,11 +21,17 @@ static bool later(const struct timespec *a, const struct timespec *b)
     return a->tv_sec > b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec > b->tv_nsec);
 }
 
+/* To the millisecond, with the zone: the two times compared may lie within
+ * one second of each other. */
 static const char *when(const struct timespec *t, char *out, size_t size)
 {
     struct tm tm;
     time_t s = t->tv_sec;
-    strftime(out, size, "%Y-%m-%d %H:%M:%S", localtime_r(&s, &tm));
+    char day[32], zone[8];
+    localtime_r(&s, &tm);
+    strftime(day, sizeof(day), "%Y-%m-%d %H:%M:%S", &tm);
+    strftime(zone, sizeof(zone), "%z", &tm);
+    snprintf(out, size, "%.19s.%03ld %.5s", day, t->tv_nsec / 1000000, zone);
     return out;
 }
 
@@ -66,7 +72,7 @@ int cli_dir_inspect(const char *dir, const char *img, int tpm_version, enum cli_
     /* swtpm wrote its files after nvtpm last wrote the image (swtpm ran on the
      * folder since, or its files were put back): two states, and which one the
      * operator means is not nvtpm's guess. */
-    char names[128], t_img[32], t_files[32];
+    char names[128], t_img[48], t_files[48];
     return cli_fail(CLI_EXIT_USAGE,
                     "%s holds two TPM states: the image %s (last written %s) and swtpm's %s "
                     "(written %s, after the image); move away the one not wanted (docs/libvirt.md)",

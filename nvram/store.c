@@ -168,21 +168,29 @@ static int give_back_leaks(struct bdrv_node *bs, struct nv_error *err)
     return 0;
 }
 
+/* The NVRAM area of an image that was not just made: its disk space
+ * reserved first (a full disk then fails the format before it has allocated
+ * anything; a quarter again on top for the metadata), leaks of an earlier
+ * failed format given back, every cluster allocated as zeros, on disk. */
+static int prepare_area(struct bdrv_node *bs, uint64_t end, struct nv_error *err)
+{
+    int r = bdrv_reserve(bs, end + end / 4, err);
+    if (r == 0)
+        r = give_back_leaks(bs, err);
+    if (r == 0)
+        r = write_zeros(bs, end, err);
+    if (r == 0)
+        r = bdrv_flush(bs, err);
+    return r;
+}
+
 static int format_locked(struct bdrv_node *bs, const struct nvram_super *sb,
                          const uint8_t *data_key, uint64_t end, bool just_created,
                          struct nv_error *err)
 {
-    /* The space first: a full disk then fails the format before it has
-     * allocated anything (a quarter again on top for the metadata). */
-    int r = bdrv_reserve(bs, end + end / 4, err);
-    /* A new image was made with this area preallocated (and nothing else):
-     * no leaks, and its clusters allocated and reading as zeros already. */
-    if (r == 0 && !just_created)
-        r = give_back_leaks(bs, err);
-    if (r == 0 && !just_created)
-        r = write_zeros(bs, end, err);
-    if (r == 0 && !just_created)
-        r = bdrv_flush(bs, err);
+    /* A new image was made with this area preallocated, and nothing else:
+     * no leaks, its clusters allocated and reading as zeros already. */
+    int r = just_created ? 0 : prepare_area(bs, end, err);
     if (r == 0)
         r = nvram_write_super(bs, sb, 0, false, err);
     if (r == 0)
@@ -195,7 +203,8 @@ static int format_locked(struct bdrv_node *bs, const struct nvram_super *sb,
         struct bdrv_check_result res;
         bdrv_check(bs, &res, true, NULL);
     }
-    bdrv_reserve(bs, 0, NULL);
+    if (!just_created)
+        bdrv_reserve(bs, 0, NULL);
     return r;
 }
 

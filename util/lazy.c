@@ -40,8 +40,8 @@ int nv_lazy_load(const char *soname, const char *purpose, struct nv_lazy_symbol 
             r = nv_error_set(err, -ENOTSUP, "%s needs %s, which lacks %s", purpose, soname,
                              missing);
             dlclose(h);
-        } else
-            *handle = h; /* last: a caller that sees it sees the symbols too */
+        } else /* last: a caller that sees it (an acquire load) sees the symbols too */
+            __atomic_store_n(handle, h, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&load_lock);
     return r;

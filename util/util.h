@@ -97,7 +97,8 @@ static inline bool nv_all_zero(const void *p, size_t n)
  * the function pointer slot points at. Loaded once (*handle set, kept for
  * the process's life); a failure is -ENOTSUP with a message naming purpose
  * ("reading zstd-compressed clusters"), the library and what is missing, and
- * the next call tries again. Thread-safe. */
+ * the next call tries again. Thread-safe; a caller may skip the call once
+ * __atomic_load_n(handle, __ATOMIC_ACQUIRE) is set. */
 struct nv_lazy_symbol {
     const char *name;
     void *slot;

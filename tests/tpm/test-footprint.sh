@@ -56,6 +56,24 @@ sys.exit(0 if first['start'] == 0 and first['data'] and first['length'] >= 2240 
 PY
     fail "the NVRAM area (its first 2240 KiB) is allocated data, in one extent" "$map"
 
+# The preallocated layout at every cluster size and a size that is not a
+# multiple of the cluster: qemu-img finds it clean and maps the NVRAM area
+for cs in 512 4096 65536 2M; do
+    img=$T/create-$cs.qcow2
+    expect_exit 0 "nvtpm create --cluster-size $cs --size 2300k" -- "$NVTPM" create "$img" \
+        --cluster-size "$cs" --size 2300k
+    qemu-img check "$img" >"$T/check.out" 2>&1 && pass "cluster size $cs: qemu-img check is clean" ||
+        fail "cluster size $cs: qemu-img check is clean" "$(cat "$T/check.out")"
+    qemu-img map --output=json "$img" | python3 -c '
+import json, sys
+m = [e for e in json.load(sys.stdin) if e["data"]]
+sys.exit(0 if m and m[0]["start"] == 0 and m[0]["length"] >= 2240 * 1024 else 1)' &&
+        pass "cluster size $cs: the NVRAM area is mapped data from offset 0" ||
+        fail "cluster size $cs: the NVRAM area is mapped data from offset 0" "$(qemu-img map "$img")"
+    "$NVTPM" check "$img" >"$T/check.out" 2>&1 && pass "cluster size $cs: nvtpm check is clean" ||
+        fail "cluster size $cs: nvtpm check is clean" "$(cat "$T/check.out")"
+done
+
 # JSON output still works: json-c loaded when needed
 "$NVTPM" info "$T/tpm.qcow2" --json >"$T/info.json" 2>&1 &&
     python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$T/info.json" &&

@@ -169,7 +169,7 @@ sum=$(sha256sum <"$T/c/tpm-00.qcow2")
 before=$(sums "$T/c")
 expect_exit 1 "nvtpm on the image and swtpm's newer files side by side: exit 1" -- \
     "$COMPAT/swtpm" socket --tpm2 --tpmstate "dir=$T/c" --ctrl "type=unixio,path=$T/other.sock"
-expect_output "$T/c holds two TPM states: the image $T/c/tpm-00.qcow2 \(last written [-0-9: ]+\) and swtpm's tpm2-00.permall.* \(written [-0-9: ]+, after the image\)" \
+expect_output "$T/c holds two TPM states: the image $T/c/tpm-00.qcow2 \(last written [-0-9:. +]+\) and swtpm's tpm2-00.permall.* \(written [-0-9:. +]+, after the image\)" \
     "the one line names both states and their times"
 [ "$(sha256sum <"$T/c/tpm-00.qcow2")" = "$sum" ] && [ "$(sums "$T/c")" = "$before" ] &&
     [ "$(ls "$T/c" | grep -c tpm-00)" = 1 ] && [ ! -e "$T/other.sock" ] &&
