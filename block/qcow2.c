@@ -247,17 +247,22 @@ static int load_table(struct bdrv_node *bs, uint64_t offset, uint64_t entries, u
     return 0;
 }
 
+static size_t sparse_table_bytes(uint64_t entries)
+{
+    return qcow2_round_up((entries ? entries : 1) * 8, (uint64_t)sysconf(_SC_PAGESIZE));
+}
+
 uint64_t *qcow2_sparse_table_new(uint64_t entries)
 {
-    size_t size = qcow2_round_up((entries ? entries : 1) * 8, (uint64_t)sysconf(_SC_PAGESIZE));
-    void *t = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *t = mmap(NULL, sparse_table_bytes(entries), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return t == MAP_FAILED ? NULL : t;
 }
 
 void qcow2_sparse_table_free(uint64_t *t, uint64_t entries)
 {
     if (t)
-        munmap(t, qcow2_round_up((entries ? entries : 1) * 8, (uint64_t)sysconf(_SC_PAGESIZE)));
+        munmap(t, sparse_table_bytes(entries));
 }
 
 /* The refcount table, read a page at a time: only pages with an entry in

@@ -6,7 +6,6 @@
 #include "tpm.h"
 
 #include <errno.h>
-#include <malloc.h>
 #include <libtpms/tpm_error.h>
 #include <libtpms/tpm_library.h>
 #include <libtpms/tpm_tis.h>
@@ -236,9 +235,6 @@ uint32_t tpm_backend_start(bool delete_volatile)
         send_startup();
     }
     pthread_mutex_unlock(&be.lock);
-    /* Loading the state and the self-tests leave freed memory amid the heap,
-     * resident until reused: hand its pages back (a host runs a TPM per VM). */
-    malloc_trim(0);
     return r;
 }
 
