@@ -70,6 +70,10 @@ int bdrv_pwrite(struct bdrv_node *bs, uint64_t offset, const void *buf, size_t l
                 struct nv_error *err);
 /* Flush to stable storage (fdatasync). */
 int bdrv_flush(struct bdrv_node *bs, struct nv_error *err);
+/* Give back the memory of what the nodes cache and can read again (clean
+ * metadata tables); unwritten changes stay. For a server between requests:
+ * the next access reads what it needs from the file. */
+void bdrv_release_memory(struct bdrv_node *bs);
 int64_t bdrv_getlength(struct bdrv_node *bs, struct nv_error *err);
 int bdrv_truncate(struct bdrv_node *bs, uint64_t length, struct nv_error *err);
 /* Reserve disk space for len more bytes past the end of the file under bs,

@@ -29,6 +29,8 @@ struct bdrv_driver {
     int (*pwrite)(struct bdrv_node *bs, uint64_t offset, const void *buf, size_t len,
                   struct nv_error *err);
     int (*flush)(struct bdrv_node *bs, struct nv_error *err);
+    /* Optional: give back the memory of clean cached data (bdrv_release_memory). */
+    void (*release_memory)(struct bdrv_node *bs);
     int64_t (*getlength)(struct bdrv_node *bs, struct nv_error *err);
     int (*truncate)(struct bdrv_node *bs, uint64_t length, struct nv_error *err);
     /* Protocol: reserve disk space past the end (bdrv_reserve). */

@@ -199,6 +199,13 @@ int bdrv_flush(struct bdrv_node *bs, struct nv_error *err)
     return noted(bs, bs->drv->flush(bs, err));
 }
 
+void bdrv_release_memory(struct bdrv_node *bs)
+{
+    for (; bs; bs = bs->file)
+        if (bs->drv->release_memory)
+            bs->drv->release_memory(bs);
+}
+
 void bdrv_event(struct bdrv_node *bs, enum bdrv_event ev)
 {
     struct bdrv_node *leaf = bdrv_leaf(bs);

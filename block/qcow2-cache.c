@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int qcow2_cache_init(struct qcow2_cache *c, enum qcow2_meta kind, unsigned count,
                      uint64_t cluster_size)
@@ -18,9 +19,11 @@ int qcow2_cache_init(struct qcow2_cache *c, enum qcow2_meta kind, unsigned count
     if (!c->tables)
         return -ENOMEM;
     c->count = count;
-    /* One block (mmap'd by malloc at this size) rather than a malloc per
-     * table, whose chunk headers alone would make every table resident. */
-    c->memory = malloc((size_t)count * cluster_size);
+    c->size = (size_t)count * cluster_size;
+    /* One block of pages of its own rather than a malloc per table, whose
+     * chunk headers alone would make every table resident: a table page
+     * read is one resident page, and a release gives it back. */
+    c->memory = nv_pages_alloc(c->size);
     if (!c->memory)
         return -ENOMEM;
     for (unsigned i = 0; i < count; i++)
@@ -30,9 +33,28 @@ int qcow2_cache_init(struct qcow2_cache *c, enum qcow2_meta kind, unsigned count
 
 void qcow2_cache_destroy(struct qcow2_cache *c)
 {
-    free(c->memory);
+    nv_pages_free(c->memory, c->size);
     free(c->tables);
     memset(c, 0, sizeof(*c));
+}
+
+void qcow2_cache_release(struct qcow2_cache *c, uint64_t cluster_size)
+{
+    bool all_clean = true, aligned = cluster_size % (uint64_t)sysconf(_SC_PAGESIZE) == 0;
+    for (unsigned i = 0; i < c->count; i++)
+        all_clean = all_clean && !c->tables[i].dirty;
+    if (!aligned && !all_clean)
+        return; /* tables share pages with dirty ones: nothing to give back alone */
+    for (unsigned i = 0; i < c->count; i++) {
+        struct qcow2_table *t = &c->tables[i];
+        if (t->dirty || nv_all_zero(t->loaded, sizeof(t->loaded)))
+            continue;
+        memset(t->loaded, 0, sizeof(t->loaded));
+        if (aligned)
+            nv_pages_release(t->data, cluster_size);
+    }
+    if (!aligned)
+        nv_pages_release(c->memory, c->size);
 }
 
 static struct qcow2_table *lookup(struct qcow2_cache *c, uint64_t offset)

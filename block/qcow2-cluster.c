@@ -130,6 +130,9 @@ static int read_compressed(struct bdrv_node *bs, uint64_t entry, struct nv_error
     uint64_t coffset = entry & ((1ull << x) - 1), start, length;
     qcow2_compressed_range(s, entry, &start, &length);
     uint64_t csize = start + length - coffset;
+    /* (the output buffer on first use: nvtpm itself never compresses) */
+    if (!s->decomp_buf && !(s->decomp_buf = malloc(s->cluster_size)))
+        return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
     uint8_t *in = malloc(csize);
     if (!in)
         return nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);

@@ -254,15 +254,12 @@ static size_t sparse_table_bytes(uint64_t entries)
 
 uint64_t *qcow2_sparse_table_new(uint64_t entries)
 {
-    void *t = mmap(NULL, sparse_table_bytes(entries), PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return t == MAP_FAILED ? NULL : t;
+    return nv_pages_alloc(sparse_table_bytes(entries));
 }
 
 void qcow2_sparse_table_free(uint64_t *t, uint64_t entries)
 {
-    if (t)
-        munmap(t, sparse_table_bytes(entries));
+    nv_pages_free(t, sparse_table_bytes(entries));
 }
 
 /* The refcount table, read a page at a time: only pages with an entry in
@@ -542,12 +539,17 @@ static int qcow2_open(struct bdrv_node *bs, const char *spec, struct nv_error *e
         s->l1_clusters_allocated =
             (uint32_t)(qcow2_round_up((uint64_t)s->l1_size * 8, s->cluster_size) >>
                        s->cluster_bits);
+    /* No more L2 tables than the L1 table points at (a TPM's image has one
+     * or two; at least 4, for an L1 table that grows later): each slot costs
+     * its descriptor in every TPM process. */
+    uint64_t l2_budget = (uint64_t)(s->l1_size ? s->l1_size : 1) * s->cluster_size;
     if (r == 0 &&
-        (qcow2_cache_init(&s->l2_cache, QCOW2_META_L2, cache_count(4u << 20, s->cluster_size, 1024),
-                          s->cluster_size) < 0 ||
+        (qcow2_cache_init(
+             &s->l2_cache, QCOW2_META_L2,
+             cache_count(l2_budget < (4u << 20) ? l2_budget : (4u << 20), s->cluster_size, 1024),
+             s->cluster_size) < 0 ||
          qcow2_cache_init(&s->refblock_cache, QCOW2_META_REFBLOCK,
-                          cache_count(1u << 20, s->cluster_size, 256), s->cluster_size) < 0 ||
-         !(s->decomp_buf = malloc(s->cluster_size))))
+                          cache_count(1u << 20, s->cluster_size, 256), s->cluster_size) < 0))
         r = nv_error_set(err, -ENOMEM, "%s: out of memory", bs->filename);
     if (r == 0 && s->backing_file_size)
         r = open_backing(bs, backing_fmt, err);
@@ -659,6 +661,13 @@ static int qcow2_flush(struct bdrv_node *bs, struct nv_error *err)
     return qcow2_sync(bs, err);
 }
 
+static void qcow2_release_memory(struct bdrv_node *bs)
+{
+    struct qcow2_state *s = bs->opaque;
+    qcow2_cache_release(&s->l2_cache, s->cluster_size);
+    qcow2_cache_release(&s->refblock_cache, s->cluster_size);
+}
+
 static int64_t qcow2_getlength(struct bdrv_node *bs, struct nv_error *err)
 {
     (void)err;
@@ -750,6 +759,7 @@ const struct bdrv_driver bdrv_qcow2 = {
     .pwrite = qcow2_pwrite,
     .pwrite_zeroes = qcow2_pwrite_zeroes,
     .flush = qcow2_flush,
+    .release_memory = qcow2_release_memory,
     .getlength = qcow2_getlength,
     .truncate = qcow2_truncate,
     .check = qcow2_check,

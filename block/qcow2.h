@@ -75,6 +75,7 @@ struct qcow2_cache {
     enum qcow2_meta kind;
     struct qcow2_table *tables;
     uint8_t *memory; /* the tables' data, one block: pages never used stay unmapped */
+    size_t size;     /* of memory */
     unsigned count;
     uint64_t tick;
     unsigned last; /* index of the last hit */
@@ -160,6 +161,9 @@ void qcow2_sparse_table_free(uint64_t *t, uint64_t entries);
 int qcow2_cache_init(struct qcow2_cache *c, enum qcow2_meta kind, unsigned count,
                      uint64_t cluster_size);
 void qcow2_cache_destroy(struct qcow2_cache *c);
+/* Give back the memory of every clean table (its pages are read again when
+ * asked for); dirty tables stay. */
+void qcow2_cache_release(struct qcow2_cache *c, uint64_t cluster_size);
 /* Find or load the table at offset, all of it; fresh = start from zeros, not disk. */
 int qcow2_cache_get(struct bdrv_node *bs, struct qcow2_cache *c, uint64_t offset, bool fresh,
                     uint8_t **data, struct nv_error *err);

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <limits.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,9 +24,9 @@
 #include "tpm.h"
 
 /* The key material, in pages of its own that core dumps leave out
- * (nv_secret_alloc): the --key and --migration-key as read, wiped once the
- * TPM has started; the blob keys swtpm's format makes of them, needed while
- * the server runs (for a raw --key, that is the key itself). */
+ * (nv_secret_alloc; only when a key is given): the --key and --migration-key as read, wiped once
+ * the TPM has started; the blob keys swtpm's format makes of them, needed while the server runs
+ * (for a raw --key, that is the key itself). */
 struct socket_secrets {
     struct nvram_key key, migration_key;
     struct mig_key key_aes, migration_key_aes; /* as swtpm makes them, for blobs */
@@ -44,8 +45,8 @@ struct socket_opts {
     bool not_need_init, daemon, print_caps, print_states, incoming, no_sync;
     const char *pid_file;
     int pid_fd;
-    char pid_written[4096]; /* the pid file written, removed at the end */
-    dev_t pid_dev;          /* ... if it is still that file */
+    char *pid_written; /* the pid file written, removed at the end (malloc'd) */
+    dev_t pid_dev;     /* ... if it is still that file */
     ino_t pid_ino;
     const char *runas;
     const char *log_file;
@@ -53,8 +54,8 @@ struct socket_opts {
     unsigned log_level;
     const char *log_prefix; /* before every line on the log, nvtpm's and libtpms' */
     bool log_truncate;      /* the log file emptied at start, else appended to */
-    char state_buf[4096];
-    char *copies[32]; /* option values are parsed in copies: argv stays as typed */
+    char *state_buf;        /* state_path's text (malloc'd) */
+    char *copies[32];       /* option values are parsed in copies: argv stays as typed */
     int ncopies;
     /* while serving */
     int dir_lock_fd;                /* DIR/.lock, held as swtpm holds it */
@@ -266,10 +267,16 @@ static int parse_tpmstate(char *text, struct socket_opts *o)
         return cli_fail(CLI_EXIT_USAGE, "socket: --tpmstate needs one of dir=, file=, "
                                         "backend-uri= or fd=");
     o->state_dir = dir;
+    free(o->state_buf);
+    o->state_buf = NULL;
     if (dir) /* the image, beside where swtpm keeps its files (socket-dir.c) */
-        snprintf(o->state_buf, sizeof(o->state_buf), "%s/%s", dir, "tpm-00.qcow2");
+        r = asprintf(&o->state_buf, "%s/%s", dir, "tpm-00.qcow2") < 0 ? -1 : 0;
     else if (file)
-        snprintf(o->state_buf, sizeof(o->state_buf), "%s", file);
+        r = (o->state_buf = strdup(file)) ? 0 : -1;
+    if (r < 0) {
+        o->state_buf = NULL;
+        return cli_fail(CLI_EXIT_ERROR, "socket: --tpmstate: %s", strerror(ENOMEM));
+    }
     o->state_path = o->state_fd >= 0 ? NULL : o->state_buf;
     return 0;
 }
@@ -551,11 +558,15 @@ static int write_pid(struct socket_opts *o, int fd, struct nv_error *err)
         o->pid_dev = st.st_dev;
         o->pid_ino = st.st_ino;
         if (o->pid_fd >= 0) {
+            char path[PATH_MAX];
             snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-            ssize_t len = readlink(link, o->pid_written, sizeof(o->pid_written) - 1);
-            o->pid_written[len > 0 && o->pid_written[0] == '/' ? len : 0] = '\0';
+            ssize_t len = readlink(link, path, sizeof(path) - 1);
+            if (len > 0 && len < (ssize_t)sizeof(path) - 1 && path[0] == '/') {
+                path[len] = '\0';
+                o->pid_written = strdup(path); /* (without memory: left in place at the end) */
+            }
         } else {
-            snprintf(o->pid_written, sizeof(o->pid_written), "%s", o->pid_file);
+            o->pid_written = strdup(o->pid_file);
         }
     }
     give_to_runas(o, fd, "the pid file");
@@ -610,8 +621,10 @@ static int ready(void *opaque, struct nv_error *err)
     o->start_code = start_tpm(o);
     /* The NVRAM holds its data key and the blob keys are made: the keys as
      * read are no longer needed, and no copy of them stays. */
-    nvram_key_wipe(&o->sec->key);
-    nvram_key_wipe(&o->sec->migration_key);
+    if (o->sec) {
+        nvram_key_wipe(&o->sec->key);
+        nvram_key_wipe(&o->sec->migration_key);
+    }
     if (o->start_code != 0)
         return nv_error_set(err, -ECANCELED, "the TPM did not start");
     if ((o->pid_file || o->pid_fd >= 0) && (o->start_code = open_pid(o, &pid_fd)) != 0)
@@ -621,7 +634,7 @@ static int ready(void *opaque, struct nv_error *err)
             close(pid_fd);
         return nv_error_set(err, -errno, "--daemon: %s", strerror(errno));
     }
-    if (o->daemon) /* a fork's child does not inherit the parent's mlock */
+    if (o->daemon && o->sec) /* a fork's child does not inherit the parent's mlock */
         nv_secret_lock(o->sec, sizeof(*o->sec));
     if (pid_fd >= 0 && write_pid(o, pid_fd, err) < 0)
         return err->code;
@@ -635,6 +648,15 @@ static int ready(void *opaque, struct nv_error *err)
 }
 
 /* ---- the command ------------------------------------------------------------------------ */
+
+/* The secrets' pages, made when the first key is given: without keys a TPM
+ * process keeps no locked page for them. Returns 0 or an exit code. */
+static int secrets(struct socket_opts *o)
+{
+    if (!o->sec && !(o->sec = nv_secret_alloc(sizeof(*o->sec))))
+        return cli_fail(CLI_EXIT_ERROR, "socket: no memory for keys: %s", strerror(errno));
+    return 0;
+}
 
 static int parse_args(int argc, char **argv, struct socket_opts *o)
 {
@@ -716,13 +738,14 @@ static int parse_args(int argc, char **argv, struct socket_opts *o)
             break;
         case O_KEY:
             r = o->have_key ? cli_fail(CLI_EXIT_USAGE, "socket: --key given twice")
-                            : cli_parse_key("--key", optarg, &o->sec->key);
+                            : secrets(o) ?: cli_parse_key("--key", optarg, &o->sec->key);
             o->have_key = r == 0;
             break;
         case O_MIGKEY:
             r = o->have_migration_key
                     ? cli_fail(CLI_EXIT_USAGE, "socket: --migration-key given twice")
-                    : cli_parse_key("--migration-key", optarg, &o->sec->migration_key);
+                    : secrets(o) ?: cli_parse_key("--migration-key", optarg,
+                                                  &o->sec->migration_key);
             o->have_migration_key = r == 0;
             break;
         case O_PID:
@@ -898,8 +921,6 @@ int cmd_socket(int argc, char **argv)
     struct socket_opts o = {
         .tpm_version = 1, .state_fd = -1, .pid_fd = -1, .log_fd = 2, .dir_lock_fd = -1};
     o.server.data.fd = o.server.ctrl.fd = -1;
-    if (!(o.sec = nv_secret_alloc(sizeof(*o.sec))))
-        return cli_fail(CLI_EXIT_ERROR, "socket: no memory for keys: %s", strerror(errno));
     int r = parse_args(argc, argv, &o);
     if (r == 0 && o.print_caps)
         r = print_capabilities(o.tpm_version);
@@ -909,9 +930,11 @@ int cmd_socket(int argc, char **argv)
     else if (r == 0 && (r = derive_blob_keys(&o)) == 0 && (r = open_log(&o)) == 0)
         r = serve(&o);
     struct stat pid_st; /* still the file written, not one put there since */
-    if (o.pid_written[0] && lstat(o.pid_written, &pid_st) == 0 && pid_st.st_dev == o.pid_dev &&
+    if (o.pid_written && lstat(o.pid_written, &pid_st) == 0 && pid_st.st_dev == o.pid_dev &&
         pid_st.st_ino == o.pid_ino)
         unlink(o.pid_written);
+    free(o.pid_written);
+    free(o.state_buf);
     nv_secret_free(o.sec, sizeof(*o.sec));
     for (int i = 0; i < o.ncopies; i++)
         free(o.copies[i]);

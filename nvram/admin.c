@@ -100,10 +100,7 @@ int nvram_inspect(struct bdrv_node *bs, const struct nvram_key *key, int lock_ti
         r = nvram_check_manufactured(bs, &nv.sb, perm, perm >= 0 && ps[perm].deleted, err);
     bdrv_unlock(bs, NULL);
     nv_wipe(nv.data_key, sizeof(nv.data_key));
-    if (nv.plain)
-        nv_wipe(nv.plain, nv.buf_size);
-    free(nv.buf);
-    free(nv.plain);
+    nvram_free_buffers(&nv);
     return r;
 }
 

@@ -109,6 +109,13 @@ struct nvram;
 struct nvram *nvram_open(struct bdrv_node *bs, const struct nvram_options *opts,
                          struct nv_error *err);
 void nvram_close(struct nvram *nv);
+/* Give back what loads and commits leave in memory: the slot buffers' pages
+ * and the image's clean cached metadata tables (bdrv_release_memory), read
+ * again when needed. For a server that goes idle: a TPM process idles far
+ * more than it loads or commits, and a host runs one per VM. */
+void nvram_release_memory(struct nvram *nv);
+/* Whether a load or commit since the last release left memory to give back. */
+bool nvram_holds_memory(const struct nvram *nv);
 
 /* Format bs (blank or not: the caller checked) for tpm_version, encrypted
  * when opts->key is given. */

@@ -28,20 +28,13 @@ void nvram_warn(const struct nvram_options *opts, const char *fmt, ...)
         fprintf(stderr, "nvtpm: warning: %s\n", msg);
 }
 
-/* Both superblock copies: *copy is the current one. -ENODATA when both are
- * all zeros, -EUCLEAN when neither is valid (why says why). When the read
- * itself fails (the block layer's -EUCLEAN too: a truncated image), why is
- * empty and err says what failed. */
-int nvram_read_super(struct bdrv_node *bs, struct nvram_super *sb, int *copy, bool valid[2],
-                     char *why, size_t why_size, struct nv_error *err)
+/* Which of the two copies in raw is current (*copy, into *sb); -ENODATA
+ * when both are all zeros, -EUCLEAN when neither is valid (why says why). */
+static int pick_super(uint8_t (*raw)[NVRAM_SB_SIZE], struct nvram_super *sb, int *copy,
+                      bool valid[2], char *why, size_t why_size)
 {
-    uint8_t raw[2][NVRAM_SB_SIZE];
     struct nvram_super cand[2];
     char reason[2][160];
-    why[0] = '\0';
-    int r = bdrv_pread(bs, 0, raw, sizeof(raw), err);
-    if (r < 0)
-        return r;
     *copy = -1;
     for (int i = 0; i < 2; i++) {
         valid[i] = nvram_super_decode(raw[i], &cand[i], reason[i], sizeof(reason[i])) == 0;
@@ -52,13 +45,34 @@ int nvram_read_super(struct bdrv_node *bs, struct nvram_super *sb, int *copy, bo
         *sb = cand[*copy];
         return 0;
     }
-    if (nv_all_zero(raw[0], sizeof(raw)))
+    if (nv_all_zero(raw[0], 2 * NVRAM_SB_SIZE))
         return -ENODATA;
     bool ours = memcmp(raw[0], "NVTPMSB1", 8) == 0 || memcmp(raw[1], "NVTPMSB1", 8) == 0;
     snprintf(why, why_size, "%s (copy 0: %s; copy 1: %s)",
              ours ? "both superblock copies are damaged" : "no nvtpm superblock", reason[0],
              reason[1]);
     return ours ? -EUCLEAN : -ENOMEDIUM;
+}
+
+/* Both superblock copies: *copy is the current one. -ENODATA when both are
+ * all zeros, -EUCLEAN when neither is valid (why says why). When the read
+ * itself fails (the block layer's -EUCLEAN too: a truncated image), why is
+ * empty and err says what failed. */
+int nvram_read_super(struct bdrv_node *bs, struct nvram_super *sb, int *copy, bool valid[2],
+                     char *why, size_t why_size, struct nv_error *err)
+{
+    /* The copies in pages of their own, unmapped after: on the stack they
+     * would deepen the start-up path by 8 KiB, and the stack's deepest page
+     * stays resident in every TPM process for its life. */
+    uint8_t(*raw)[NVRAM_SB_SIZE] = nv_pages_alloc(2 * NVRAM_SB_SIZE);
+    why[0] = '\0';
+    if (!raw)
+        return nv_error_set(err, -ENOMEM, "out of memory");
+    int r = bdrv_pread(bs, 0, raw, 2 * NVRAM_SB_SIZE, err);
+    if (r == 0)
+        r = pick_super(raw, sb, copy, valid, why, why_size);
+    nv_pages_free(raw, 2 * NVRAM_SB_SIZE);
+    return r;
 }
 
 /* A blank image: superblocks and the whole area the NVRAM would use are zero. */
@@ -414,10 +428,7 @@ void nvram_close(struct nvram *nv)
 {
     if (!nv)
         return;
-    free(nv->buf);
-    if (nv->plain)
-        nv_wipe(nv->plain, nv->buf_size);
-    free(nv->plain);
+    nvram_free_buffers(nv);
     nv_secret_free(nv, sizeof(*nv)); /* wiped, the data key with it */
 }
 
@@ -438,23 +449,55 @@ int nvram_key_slot(const struct nvram *nv)
 
 /* ---- blobs ----------------------------------------------------------------------------- */
 
+/* The slot buffers (a sealed slot, its plaintext) are pages of their own,
+ * sized for the largest slot: a load or a commit touches only as many pages
+ * as the blob is long, and nvram_release_memory gives them back after it
+ * (a TPM process holds them for its life and uses them now and then). Their
+ * pages are never reused inside the process, and the kernel zeroes a page
+ * before anyone else gets it, so the plaintext needs no wipe of its own. */
 static int ensure_buffers(struct nvram *nv, size_t size, struct nv_error *err)
 {
     if (nv->buf_size >= size)
         return 0;
-    uint8_t *buf = realloc(nv->buf, size), *plain = malloc(size);
-    if (buf)
-        nv->buf = buf;
+    uint8_t *buf = nv_pages_alloc(size), *plain = nv_pages_alloc(size);
     if (!buf || !plain) {
-        free(plain);
+        nv_pages_free(buf, size);
+        nv_pages_free(plain, size);
         return nv_error_set(err, -ENOMEM, "out of memory");
     }
-    if (nv->plain)
-        nv_wipe(nv->plain, nv->buf_size);
-    free(nv->plain);
+    nvram_free_buffers(nv);
+    nv->buf = buf;
     nv->plain = plain;
     nv->buf_size = size;
     return 0;
+}
+
+static void release_buffers(struct nvram *nv)
+{
+    nv_pages_release(nv->buf, nv->buf_size);
+    nv_pages_release(nv->plain, nv->buf_size);
+}
+
+void nvram_free_buffers(struct nvram *nv)
+{
+    nv_pages_free(nv->buf, nv->buf_size);
+    nv_pages_free(nv->plain, nv->buf_size);
+    nv->buf = nv->plain = NULL;
+    nv->buf_size = 0;
+}
+
+void nvram_release_memory(struct nvram *nv)
+{
+    if (!nv || !nv->holds_memory)
+        return;
+    release_buffers(nv);
+    bdrv_release_memory(nv->bs);
+    nv->holds_memory = false;
+}
+
+bool nvram_holds_memory(const struct nvram *nv)
+{
+    return nv && nv->holds_memory;
 }
 
 /* Read and verify slot s of blob into nv->buf / nv->plain. */
@@ -505,6 +548,7 @@ int nvram_scan_blob(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size
         }
     }
     nvram_load_end(nv);
+    nv->holds_memory = true;
     if (r < 0)
         return r;
     for (int s = 0; s < 2; s++)
@@ -663,6 +707,7 @@ int nvram_commit(struct nvram *nv, enum nvram_blob blob, const uint8_t *data, si
             bdrv_flush(nv->bs, NULL);
     }
     bdrv_unlock(nv->bs, NULL);
+    nv->holds_memory = true;
     if (r < 0)
         return nv_error_prefix(err, r, "committing %s", nvram_blob_name(blob));
     nv->blob[blob].current = target;

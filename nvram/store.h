@@ -21,6 +21,7 @@ struct nvram {
     uint8_t *buf, *plain; /* a slot's bytes, and its plaintext */
     size_t buf_size;
     unsigned load_depth;
+    bool holds_memory; /* nvram_holds_memory */
     int lock_timeout;
 };
 
@@ -34,6 +35,9 @@ int nvram_read_slot(struct nvram *nv, enum nvram_blob blob, int s, struct nvram_
                     struct nv_error *err);
 int nvram_scan_blob(struct nvram *nv, enum nvram_blob blob, uint8_t **data, size_t *length,
                     struct nv_error *err);
+/* The slot buffers unmapped (nvram_release_memory only gives their pages
+ * back). */
+void nvram_free_buffers(struct nvram *nv);
 /* After the image changed hands: the superblock and each blob's current slot
  * and sequence read anew under the exclusive access lock. -ESTALE when the
  * image is no longer this NVRAM (another UUID, cipher or TPM version). */

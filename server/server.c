@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -27,6 +28,7 @@
 #define MS_SEND_COMMAND  8u
 #define MS_SESSION_END   20u
 #define CTRL_DEADLINE_MS 10000 /* a control request, and its response, each */
+#define IDLE_RELEASE_MS  100   /* quiet after a load or commit: memory given back */
 
 struct server {
     const struct tpm_server_config *cfg;
@@ -122,6 +124,19 @@ struct reader {
     uint8_t buf[8192];
 };
 
+/* malloc'd, not calloc'd: a reused chunk would be zeroed whole, and its
+ * pages stay resident though a command touches only its first bytes. */
+static struct reader *reader_new(int fd, int stop_fd)
+{
+    struct reader *r = malloc(sizeof(*r));
+    if (r) {
+        r->fd = fd;
+        r->stop_fd = stop_fd;
+        r->have = r->pos = 0;
+    }
+    return r;
+}
+
 /* Wait until fd or the stop pipe is readable; -1 once asked to stop. */
 static int wait_for_data(const struct reader *r)
 {
@@ -190,11 +205,30 @@ static int send_response(int fd, const uint8_t *resp, uint32_t len, bool prefixe
     return r;
 }
 
+/* Before waiting for the next command: once the connection has been quiet
+ * for IDLE_RELEASE_MS after a load or commit, what the NVRAM holds is given
+ * back (tpm_backend_release_memory). Only after one, so that a stream of
+ * commands that store nothing costs no extra system call; a stream of
+ * commits costs one poll each, not a release and the page faults after it. */
+static void release_when_idle(const struct reader *rd)
+{
+    if (rd->pos < rd->have || !tpm_backend_holds_memory())
+        return;
+    struct pollfd p[2] = {{.fd = rd->fd, .events = POLLIN}, {.fd = rd->stop_fd, .events = POLLIN}};
+    int n;
+    do {
+        n = poll(p, rd->stop_fd >= 0 ? 2 : 1, IDLE_RELEASE_MS);
+    } while (n < 0 && errno == EINTR);
+    if (n == 0)
+        tpm_backend_release_memory();
+}
+
 /* Serve one command; false when the connection should close. */
 static bool serve_command(struct server *s, struct reader *rd, uint8_t *buf, uint32_t cap)
 {
     uint8_t head[6], err_resp[10], locality = s->locality;
     bool prefixed = false;
+    release_when_idle(rd);
     if (reader_get(rd, head, 4) < 0)
         return false;
     uint32_t first = nv_be32(head);
@@ -239,11 +273,7 @@ void tpm_server_serve_data(int fd)
     struct server s = {.cfg = &cfg, .data_fd = fd, .pending_fd = -1};
     uint32_t cap = tpm_backend_buffer_size();
     uint8_t *buf = malloc(cap);
-    struct reader *rd = calloc(1, sizeof(*rd));
-    if (rd) {
-        rd->fd = fd;
-        rd->stop_fd = -1;
-    }
+    struct reader *rd = reader_new(fd, -1);
     while (buf && rd && serve_command(&s, rd, buf, cap))
         ;
     free(rd);
@@ -278,16 +308,14 @@ static void *tpm_thread(void *opaque)
             free(buf);
             buf = malloc(cap);
         }
-        struct reader *rd = calloc(1, sizeof(*rd));
-        if (rd) {
-            int type;
-            socklen_t tl = sizeof(type);
-            rd->fd = fd;
-            rd->stop_fd = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 ? -1 : s->unblock[0];
-        }
+        int type;
+        socklen_t tl = sizeof(type);
+        struct reader *rd = reader_new(
+            fd, getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 ? -1 : s->unblock[0]);
         while (buf && rd && serve_command(s, rd, buf, cap))
             ;
         free(rd);
+        tpm_backend_release_memory(); /* no client: idle */
         pthread_mutex_lock(&s->lock);
         close(fd);
         s->data_fd = -1;
@@ -432,9 +460,13 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Forget the request and response under way (the socket is the caller's). */
+/* Forget the request and response under way (the socket is the caller's).
+ * The request's pages go back too: control requests come a few per VM boot
+ * or migration, and the buffer is sized for the largest state blob. */
 static void conn_clear(struct ctrl_conn *c)
 {
+    if (c->have)
+        nv_pages_release(c->req, c->have);
     if (c->passed_fd >= 0)
         close(c->passed_fd);
     free(c->big);
@@ -525,6 +557,9 @@ static void conn_handle(struct server *s, struct ctrl_conn *c)
     c->out = c->big ? c->big : c->small;
     c->out_len = len;
     c->exit_after = a == CTRL_EXIT;
+    nv_pages_release(c->req, c->have); /* (as conn_clear says) */
+    tpm_backend_release_memory();      /* what INIT's load or a state blob's commit used */
+    nv_stack_release_below();          /* INIT and the state blobs run libtpms here */
     c->have = 0;
     /* the response's own time: handling (LOCK_STORAGE's retries) is not the client's */
     c->deadline = now_ms() + CTRL_DEADLINE_MS;
@@ -854,16 +889,16 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     struct loop l = {0};
     pthread_t thread;
     sigset_t old;
-    uint8_t *req = malloc(CTRL_MAX_REQUEST);
+    uint8_t *req = nv_pages_alloc(CTRL_MAX_REQUEST);
     if (!req || pipe2(s.wake, O_CLOEXEC) < 0) {
-        free(req);
+        nv_pages_free(req, CTRL_MAX_REQUEST);
         return nv_error_set(err, -errno ? -errno : -ENOMEM, "server: %s", strerror(errno));
     }
     if (pipe2(s.unblock, O_CLOEXEC | O_NONBLOCK) < 0) {
         int e = -errno;
         close(s.wake[0]);
         close(s.wake[1]);
-        free(req);
+        nv_pages_free(req, CTRL_MAX_REQUEST);
         return nv_error_set(err, e, "server: %s", strerror(-e));
     }
     pthread_mutex_init(&s.lock, NULL);
@@ -873,8 +908,14 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     int r = open_sockets(&s, &l, err);
     if (r == 0 && cfg->ready)
         r = cfg->ready(cfg->ready_opaque, err);
+    tpm_backend_release_memory(); /* the start's loads and commits are done */
+    nv_stack_release_below();     /* and its deep frames (libtpms) */
     set_fd(&l, P_SIGNAL, signal_fd(&old));
     set_fd(&l, P_WAKE, s.wake[0]);
+    /* One malloc arena for both threads: the TPM thread would otherwise get
+     * an arena of its own (16 KiB resident in every TPM process), and the two
+     * threads take turns rather than allocate at once. */
+    mallopt(M_ARENA_MAX, 1);
     if (r == 0 && pthread_create(&thread, NULL, tpm_thread, &s) != 0)
         r = nv_error_set_status(err, NV_STATUS_IO, -EAGAIN, /* no room for a thread: not busy */
                                 "server: cannot start the TPM thread");
@@ -900,6 +941,6 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     if (s.pending_fd >= 0)
         close(s.pending_fd);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    free(req);
+    nv_pages_free(req, CTRL_MAX_REQUEST);
     return r;
 }

@@ -293,6 +293,22 @@ uint32_t tpm_backend_execute(const uint8_t *cmd, uint32_t len, uint8_t locality,
     return r;
 }
 
+void tpm_backend_release_memory(void)
+{
+    if (pthread_mutex_trylock(&be.lock) != 0)
+        return; /* a command runs: whoever runs it releases once it is idle */
+    nvram_release_memory(be.opts.nvram);
+    pthread_mutex_unlock(&be.lock);
+}
+
+bool tpm_backend_holds_memory(void)
+{
+    pthread_mutex_lock(&be.lock);
+    bool holds = nvram_holds_memory(be.opts.nvram);
+    pthread_mutex_unlock(&be.lock);
+    return holds;
+}
+
 int tpm_backend_exclusive(int (*fn)(void *arg), void *arg)
 {
     pthread_mutex_lock(&be.lock);

@@ -65,6 +65,12 @@ int tpm_backend_version(void);
 uint32_t tpm_backend_execute(const uint8_t *cmd, uint32_t len, uint8_t locality,
                              const uint8_t **resp, uint32_t *resp_len);
 void tpm_backend_cancel(void);
+/* Give back what the NVRAM holds after loads and commits
+ * (nvram_release_memory), unless a command is running: the caller's thread
+ * never waits for one (the control channel answers during long commands). */
+void tpm_backend_release_memory(void);
+/* Whether there is such memory to give back. */
+bool tpm_backend_holds_memory(void);
 /* Run fn(arg) with the backend's lock held, so that no command (and no NVRAM
  * callback) runs meanwhile: for what changes the storage under the TPM, such
  * as claiming or releasing the image. Returns fn's result. */

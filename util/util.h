@@ -80,6 +80,21 @@ void *nv_secret_alloc(size_t size);
 void nv_secret_lock(void *p, size_t size);
 void nv_secret_free(void *p, size_t size);
 
+/* pages.c: buffers of whole pages of their own, for memory a long-running
+ * server holds for its life but touches only now and then (a TPM process per
+ * VM: what stays resident counts hundreds of times over). Zeroed at first;
+ * only the pages written become resident, and nv_pages_release gives pages
+ * back (they read as zeros again) without giving up the address range.
+ * nv_pages_alloc returns NULL (errno set) when no mapping can be had. */
+void *nv_pages_alloc(size_t size);
+void nv_pages_free(void *p, size_t size);
+void nv_pages_release(void *p, size_t size);
+/* Give back the calling thread's stack pages below its current frame (a
+ * page of margin kept): after a deep call that will not come again soon,
+ * such as the TPM's start on the main thread. glibc does the same for a
+ * thread's stack when the thread ends. */
+void nv_stack_release_below(void);
+
 /* Zero memory that held a secret, in a way the compiler does not drop as a
  * dead store (explicit_bzero). */
 void nv_wipe(void *p, size_t len);

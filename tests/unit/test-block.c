@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -17,6 +18,8 @@
 
 #include "block.h"
 #include "fdleak.h"
+#include "internal.h" /* the qcow2 node's caches, to see which pages are resident */
+#include "qcow2.h"
 #include "testutil.h"
 
 #define RW_OWNER (BDRV_O_RDWR | BDRV_O_OWNER)
@@ -32,6 +35,77 @@ static struct bdrv_node *open_ok(const char *path, unsigned flags)
 }
 
 /* ---- node API --------------------------------------------------------------- */
+
+/* Resident pages of a cache's memory (mincore: what the kernel has mapped). */
+static size_t resident_pages(const struct qcow2_cache *c)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), n = (c->size + page - 1) / page, count = 0;
+    unsigned char *vec = malloc(n);
+    assert_non_null(vec);
+    assert_int_equal(mincore(c->memory, c->size, vec), 0);
+    for (size_t i = 0; i < n; i++)
+        count += vec[i] & 1;
+    free(vec);
+    return count;
+}
+
+static void check_pattern(struct bdrv_node *bs, uint64_t off, int byte)
+{
+    struct nv_error err = {0};
+    uint8_t got[4096], want[4096];
+    memset(want, byte, sizeof(want));
+    assert_int_equal(bdrv_pread(bs, off, got, sizeof(got), &err), 0);
+    assert_memory_equal(got, want, sizeof(got));
+}
+
+/* bdrv_release_memory gives back the pages of clean L2 tables and refcount
+ * blocks (a TPM process keeps them for its life), keeps a dirty one until its
+ * flush, and the data reads and writes the same after it. */
+static void release_memory_gives_back_clean_tables(void **state)
+{
+    (void)state;
+    struct nv_error err = {0};
+    char path[700];
+    snprintf(path, sizeof(path), "%s/release.qcow2", test_dir());
+    unlink(path);
+    struct bdrv_create_opts opts = {.size = 8 << 20};
+    assert_int_equal(bdrv_create("qcow2", path, &opts, &err), 0);
+    struct bdrv_node *bs = bdrv_open(path, RW_OWNER, NULL, &err);
+    assert_non_null(bs);
+    assert_int_equal(bdrv_lock(bs, BDRV_LOCK_EXCLUSIVE, 1000, &err), 0);
+    struct qcow2_state *s = bs->opaque;
+    uint8_t data[4096];
+    for (int i = 0; i < 3; i++) {
+        memset(data, 0x10 + i, sizeof(data));
+        assert_int_equal(bdrv_pwrite(bs, (uint64_t)i * (3 << 20), data, sizeof(data), &err), 0);
+    }
+    assert_int_equal(bdrv_flush(bs, &err), 0);
+    assert_true(resident_pages(&s->l2_cache) > 0);
+    assert_true(resident_pages(&s->refblock_cache) > 0);
+    bdrv_release_memory(bs);
+    assert_int_equal(resident_pages(&s->l2_cache), 0);
+    assert_int_equal(resident_pages(&s->refblock_cache), 0);
+    for (int i = 0; i < 3; i++)
+        check_pattern(bs, (uint64_t)i * (3 << 20), 0x10 + i);
+    /* A table changed and not flushed yet stays, and is written by the flush. */
+    memset(data, 0x77, sizeof(data));
+    assert_int_equal(bdrv_pwrite(bs, 5 << 20, data, sizeof(data), &err), 0);
+    bdrv_release_memory(bs);
+    assert_true(resident_pages(&s->l2_cache) > 0);
+    assert_int_equal(bdrv_flush(bs, &err), 0);
+    bdrv_release_memory(bs);
+    assert_int_equal(resident_pages(&s->l2_cache), 0);
+    check_pattern(bs, 5 << 20, 0x77);
+    check_pattern(bs, 3 << 20, 0x11);
+    bdrv_unlock(bs, NULL);
+    bdrv_close(bs);
+    /* and another opener reads what was written */
+    bs = bdrv_open(path, 0, NULL, &err);
+    assert_non_null(bs);
+    check_pattern(bs, 5 << 20, 0x77);
+    check_pattern(bs, 6 << 20, 0x12);
+    bdrv_close(bs);
+}
 
 static void raw_read_write(void **state)
 {
@@ -511,6 +585,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(raw_read_write),
+        cmocka_unit_test(release_memory_gives_back_clean_tables),
         cmocka_unit_test(open_errors),
         cmocka_unit_test(probe_finds_qcow2_magic),
         cmocka_unit_test(open_stashed_descriptor),
