@@ -275,6 +275,7 @@ static int parse_tpmstate(char *text, struct socket_opts *o)
         r = (o->state_buf = strdup(file)) ? 0 : -1;
     if (r < 0) {
         o->state_buf = NULL;
+        o->state_path = NULL;
         return cli_fail(CLI_EXIT_ERROR, "socket: --tpmstate: %s", strerror(ENOMEM));
     }
     o->state_path = o->state_fd >= 0 ? NULL : o->state_buf;

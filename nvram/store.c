@@ -452,11 +452,12 @@ int nvram_key_slot(const struct nvram *nv)
 /* The slot buffers (a sealed slot, its plaintext) are pages of their own,
  * sized for the largest slot: a load or a commit touches only as many pages
  * as the blob is long, and nvram_release_memory gives them back after it
- * (a TPM process holds them for its life and uses them now and then). Their
- * pages are never reused inside the process, and the kernel zeroes a page
- * before anyone else gets it, so the plaintext needs no wipe of its own. */
+ * (a TPM process holds them for its life and uses them now and then). What
+ * was written into them (the TPM's state, its secrets with it) is wiped
+ * first, so that no copy stays in the pages the kernel takes back. */
 static int ensure_buffers(struct nvram *nv, size_t size, struct nv_error *err)
 {
+    nv->holds_memory = true; /* (also when the operation fails after this) */
     if (nv->buf_size >= size)
         return 0;
     uint8_t *buf = nv_pages_alloc(size), *plain = nv_pages_alloc(size);
@@ -472,14 +473,25 @@ static int ensure_buffers(struct nvram *nv, size_t size, struct nv_error *err)
     return 0;
 }
 
+static void note_used(size_t *used, size_t n)
+{
+    *used = n > *used ? n : *used;
+}
+
 static void release_buffers(struct nvram *nv)
 {
+    if (nv->buf_used)
+        nv_wipe(nv->buf, nv->buf_used);
+    if (nv->plain_used)
+        nv_wipe(nv->plain, nv->plain_used);
+    nv->buf_used = nv->plain_used = 0;
     nv_pages_release(nv->buf, nv->buf_size);
     nv_pages_release(nv->plain, nv->buf_size);
 }
 
 void nvram_free_buffers(struct nvram *nv)
 {
+    release_buffers(nv);
     nv_pages_free(nv->buf, nv->buf_size);
     nv_pages_free(nv->plain, nv->buf_size);
     nv->buf = nv->plain = NULL;
@@ -511,6 +523,11 @@ int nvram_read_slot(struct nvram *nv, enum nvram_blob blob, int s, struct nvram_
     if (r < 0)
         return r;
     uint32_t len = nvram_slot_header_length(nv->buf);
+    note_used(&nv->buf_used, NVRAM_SLOT_HEADER_SIZE);
+    if (len <= d->slot_size - NVRAM_SLOT_HEADER_SIZE) { /* what the reads and the opening touch */
+        note_used(&nv->buf_used, NVRAM_SLOT_HEADER_SIZE + len);
+        note_used(&nv->plain_used, len);
+    }
     if (len && len <= d->slot_size - NVRAM_SLOT_HEADER_SIZE &&
         (r = bdrv_pread(nv->bs, d->offset[s] + NVRAM_SLOT_HEADER_SIZE,
                         nv->buf + NVRAM_SLOT_HEADER_SIZE, len, err)) < 0)
@@ -624,6 +641,7 @@ static int seal_next(struct nvram *nv, enum nvram_blob blob, const uint8_t *data
     *seq = (nv->blob[blob].sequence > floor ? nv->blob[blob].sequence : floor) + 1;
     int r = nvram_slot_seal(&nv->sb, blob, *seq, data, length, deleted, cipher, nv->data_key,
                             nv->buf, nv->buf_size, written);
+    note_used(&nv->buf_used, r < 0 ? nv->buf_size : *written); /* (a failed seal: all of it) */
     return r < 0 ? nv_error_set(err, r, "%s: cannot seal %s", bdrv_filename(nv->bs),
                                 nvram_blob_name(blob))
                  : 0;

@@ -20,6 +20,7 @@ struct nvram {
     } blob[NVRAM_BLOBS];
     uint8_t *buf, *plain; /* a slot's bytes, and its plaintext */
     size_t buf_size;
+    size_t buf_used, plain_used; /* bytes written into each since the last wipe */
     unsigned load_depth;
     bool holds_memory; /* nvram_holds_memory */
     int lock_timeout;

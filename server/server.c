@@ -557,9 +557,14 @@ static void conn_handle(struct server *s, struct ctrl_conn *c)
     c->out = c->big ? c->big : c->small;
     c->out_len = len;
     c->exit_after = a == CTRL_EXIT;
+    uint32_t cmd = nv_be32(c->req);
     nv_pages_release(c->req, c->have); /* (as conn_clear says) */
-    tpm_backend_release_memory();      /* what INIT's load or a state blob's commit used */
-    nv_stack_release_below();          /* INIT and the state blobs run libtpms here */
+    if (cmd != CTRL_SET_LOCALITY && cmd != CTRL_CANCEL_TPM_CMD && cmd != CTRL_GET_CAPABILITY) {
+        /* (not for the frequent light ones) what INIT's load or a state
+         * blob's commit used, and the stack libtpms ran on here */
+        tpm_backend_release_memory();
+        nv_stack_release_below();
+    }
     c->have = 0;
     /* the response's own time: handling (LOCK_STORAGE's retries) is not the client's */
     c->deadline = now_ms() + CTRL_DEADLINE_MS;
@@ -692,8 +697,9 @@ static bool plat_serve(struct plat_conn *p)
         return true;
     p->have = 0;
     p->deadline = 0;
-    return platform_command(nv_be32(p->cmd)) &&
-           send(p->fd, zero, sizeof(zero), MSG_DONTWAIT | MSG_NOSIGNAL) == sizeof(zero);
+    bool more = platform_command(nv_be32(p->cmd));
+    tpm_backend_release_memory(); /* a power-on's load */
+    return more && send(p->fd, zero, sizeof(zero), MSG_DONTWAIT | MSG_NOSIGNAL) == sizeof(zero);
 }
 
 /* ---- the main loop ----------------------------------------------------------------------- */
@@ -915,7 +921,9 @@ int tpm_server_run(const struct tpm_server_config *cfg, struct nv_error *err)
     /* One malloc arena for both threads: the TPM thread would otherwise get
      * an arena of its own (16 KiB resident in every TPM process), and the two
      * threads take turns rather than allocate at once. */
+#ifdef M_ARENA_MAX /* (glibc's) */
     mallopt(M_ARENA_MAX, 1);
+#endif
     if (r == 0 && pthread_create(&thread, NULL, tpm_thread, &s) != 0)
         r = nv_error_set_status(err, NV_STATUS_IO, -EAGAIN, /* no room for a thread: not busy */
                                 "server: cannot start the TPM thread");

@@ -42,18 +42,22 @@ void nv_pages_release(void *p, size_t size)
 static uintptr_t stack_low(void)
 {
     static __thread uintptr_t low;
+    static __thread bool asked; /* (a failure is not asked again) */
     pthread_attr_t attr;
     void *addr;
     size_t size;
-    if (low == 0 && pthread_getattr_np(pthread_self(), &attr) == 0) {
+    if (!asked && pthread_getattr_np(pthread_self(), &attr) == 0) {
         if (pthread_attr_getstack(&attr, &addr, &size) == 0)
             low = (uintptr_t)addr;
         pthread_attr_destroy(&attr);
     }
+    asked = true;
     return low;
 }
 
-void nv_stack_release_below(void)
+/* Not inlined: the frame address must be this function's, below the
+ * caller's locals. */
+__attribute__((noinline)) void nv_stack_release_below(void)
 {
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), low = stack_low();
     uintptr_t here = (uintptr_t)__builtin_frame_address(0);

@@ -92,10 +92,15 @@ done
 # 0.9, alternating between two slots, and one fdatasync) in a loop of its
 # own, in the same folder (the same file system) as the servers' state.
 # The virtual disk's flush time drifts by tens of percent within a minute, so
-# the two alternate, round by round (at least 7 rounds), and each gives its median.
+# the two alternate, round by round (at least 7 rounds), and each gives its
+# median; the share is the median over the rounds of nvtpm's rate against the
+# ceiling measured just before and just after it (their mean: a ceiling
+# loop brackets every nvtpm run), so that a drift between rounds does not
+# count as nvtpm's.
 NV_SLOT=5498
 : >"$T/ceil" && : >"$T/nv" && : >"$T/sw"
-for ((i = 0; i < (ROUNDS > 7 ? ROUNDS : 7); i++)); do
+R=$((ROUNDS > 7 ? ROUNDS : 7))
+for ((i = 0; i < R; i++)); do
     taskset -c 0 "$BENCH" syncloop "$T/syncloop" $NV_SLOT $HEAVY >>"$T/ceil"
     for who in nvtpm swtpm; do
         start $who tcp pinned
@@ -103,10 +108,13 @@ for ((i = 0; i < (ROUNDS > 7 ? ROUNDS : 7); i++)); do
         stop
     done
 done
+taskset -c 0 "$BENCH" syncloop "$T/syncloop" $NV_SLOT $HEAVY >>"$T/ceil"
+share=$(paste -d' ' <(head -n $R "$T/ceil") <(tail -n $R "$T/ceil") "$T/nv" |
+    awk '{ print $3 / (($1 + $2) / 2) }' | median)
 ceil=$(median <"$T/ceil") nv=$(median <"$T/nv") sw=$(median <"$T/sw")
 awk -v n="pwrite $NV_SLOT B + fdatasync, nvwrite" -v a="$ceil" -v b="$nv" 'BEGIN { printf "| %-38s | %9.0f | %9.0f | %10.0f%% |\n", n, a, b, 100 * b / a }'
-NV_TARGETS=$(awk -v c="$ceil" -v n="$nv" -v s="$sw" 'BEGIN {
-    printf "target (issue 19): NV_Write with fdatasync >= 70%% of the fdatasync ceiling: %.1f%% (%s)\n", 100 * n / c, n >= 0.7 * c ? "met" : "NOT met"
+NV_TARGETS=$(awk -v c="$ceil" -v n="$nv" -v s="$sw" -v sh="$share" 'BEGIN {
+    printf "target (issue 19): NV_Write with fdatasync >= 70%% of the fdatasync ceiling: %.1f%% (median of %d rounds, each against the ceiling just before and after it; %.1f%% as medians) (%s)\n", 100 * sh, '"$R"', 100 * n / c, sh >= 0.7 ? "met" : "NOT met"
     printf "target (issue 19): NV_Write with fdatasync >= 1.0x swtpm unsynced (alternated, pinned, TCP): %.0f/s against %.0f/s, %.2fx (%s)\n", n, s, n / s, n >= s ? "met" : "NOT met" }')
 echo_rate=$(rate echo tcp pinned getrandom $LIGHT)
 nv=$(rate nvtpm tcp pinned getrandom $LIGHT)
