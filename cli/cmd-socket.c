@@ -597,6 +597,7 @@ static int start_tpm(struct socket_opts *o)
     struct nvram_options no = {.tpm_version = o->tpm_version,
                                .format_blank = true,
                                .key = o->have_key ? &o->sec->key : NULL,
+                               .keyless = !o->have_key,
                                .no_sync = o->no_sync};
     if (nvram_storage_open_nvram(o->storage, &no, &err) < 0)
         return cli_fail(cli_exit_code(&err, err.code), "%s", err.msg);

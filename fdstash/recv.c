@@ -42,23 +42,17 @@ static void close_all(const int *fds, size_t n)
         close(fds[i]);
 }
 
-ssize_t fdstash_recvmsg(int sock, void *buf, size_t len, int *fds, size_t max_fds, size_t *nfds,
-                        struct nv_error *err)
+/* fdstash_recvmsg with the control buffer ctl (CMSG_SPACE of cap ints) and
+ * room for cap descriptors in received. */
+static ssize_t recv_with(int sock, void *buf, size_t len, int *fds, size_t max_fds, size_t *nfds,
+                         unsigned char *ctl, int *received, struct nv_error *err)
 {
-    *nfds = 0;
-    if (len == 0 || max_fds > 1024)
-        return nv_error_set(err, -EINVAL,
-                            "fdstash_recvmsg: need data space and at most "
-                            "1024 descriptors");
     size_t cap = max_fds + FDSTASH_RECV_SURPLUS;
-    size_t space = CMSG_SPACE(cap * sizeof(int));
-    union {
-        struct cmsghdr align;
-        unsigned char bytes[CMSG_SPACE((1024 + FDSTASH_RECV_SURPLUS) * sizeof(int))];
-    } control;
     struct iovec iov = {.iov_base = buf, .iov_len = len};
-    struct msghdr msg = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes, .msg_controllen = space};
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = ctl,
+                         .msg_controllen = CMSG_SPACE(cap * sizeof(int))};
 
     ssize_t got;
     do {
@@ -67,7 +61,6 @@ ssize_t fdstash_recvmsg(int sock, void *buf, size_t len, int *fds, size_t max_fd
     if (got < 0)
         return nv_error_set(err, -errno, "receiving on socket %d: %s", sock, strerror(errno));
 
-    int received[1024 + FDSTASH_RECV_SURPLUS];
     size_t total;
     size_t n = collect_fds(&msg, received, cap, &total);
     if (msg.msg_flags & MSG_CTRUNC) {
@@ -86,4 +79,36 @@ ssize_t fdstash_recvmsg(int sock, void *buf, size_t len, int *fds, size_t max_fd
     memcpy(fds, received, n * sizeof(int));
     *nfds = n;
     return got;
+}
+
+/* Room on the stack for a few descriptors (the control channel takes one);
+ * more in a heap buffer: the common call keeps the stack shallow, whose
+ * deepest pages stay resident in a long-running server. */
+#define SMALL_CAP (16 + FDSTASH_RECV_SURPLUS)
+
+ssize_t fdstash_recvmsg(int sock, void *buf, size_t len, int *fds, size_t max_fds, size_t *nfds,
+                        struct nv_error *err)
+{
+    *nfds = 0;
+    if (len == 0 || max_fds > 1024)
+        return nv_error_set(err, -EINVAL,
+                            "fdstash_recvmsg: need data space and at most "
+                            "1024 descriptors");
+    size_t cap = max_fds + FDSTASH_RECV_SURPLUS;
+    if (cap <= SMALL_CAP) {
+        union {
+            struct cmsghdr align;
+            unsigned char bytes[CMSG_SPACE(SMALL_CAP * sizeof(int))];
+        } ctl;
+        int received[SMALL_CAP];
+        return recv_with(sock, buf, len, fds, max_fds, nfds, ctl.bytes, received, err);
+    }
+    size_t space = CMSG_SPACE(cap * sizeof(int)); /* (a multiple of size_t: ints align after) */
+    unsigned char *heap = malloc(space + cap * sizeof(int));
+    if (!heap)
+        return nv_error_set(err, -ENOMEM, "receiving on socket %d: out of memory", sock);
+    ssize_t r =
+        recv_with(sock, buf, len, fds, max_fds, nfds, heap, (int *)(void *)(heap + space), err);
+    free(heap);
+    return r;
 }

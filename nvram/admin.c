@@ -231,6 +231,7 @@ int nvram_encrypt(struct bdrv_node *bs, const struct nvram_key *new_key, enum nv
 {
     struct nvram_options o = *opts;
     o.key = NULL;
+    o.keyless = false; /* a data key is made here */
     o.format_blank = false;
     struct nvram *nv = nvram_open(bs, &o, err);
     if (!nv && err && err->code == -ENOKEY) {

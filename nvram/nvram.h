@@ -94,6 +94,8 @@ struct nvram_options {
                           since: blank, no leaks, every cluster allocated,
                           without reading it to see */
     const struct nvram_key *key;
+    bool keyless;             /* no key is given and none will be added: the NVRAM needs no
+                                 locked key pages of its own (a TPM process per VM) */
     enum nvram_cipher cipher; /* for formatting with a key; 0 = AES-256-GCM */
     bool no_sync;             /* commits skip fdatasync (the user's choice) */
     int lock_timeout_ms;      /* waiting for the access lock; 0 = 10000 */

@@ -362,12 +362,15 @@ struct nvram *nvram_open(struct bdrv_node *bs, const struct nvram_options *opts,
                          struct nv_error *err)
 {
     static const struct nvram_options none;
-    /* pages of its own, left out of core dumps: it holds the data key */
-    struct nvram *nv = nv_secret_alloc(sizeof(*nv));
+    /* pages of its own, left out of core dumps: it holds the data key;
+     * ordinary memory for an opener without keys */
+    bool secret = !opts || !opts->keyless || opts->key;
+    struct nvram *nv = secret ? nv_secret_alloc(sizeof(*nv)) : calloc(1, sizeof(*nv));
     if (!nv) {
         nv_error_set(err, -ENOMEM, "out of memory");
         return NULL;
     }
+    nv->in_secret_pages = secret;
     nv->bs = bs;
     nv->opts = opts ? *opts : none;
     nv->opts.key = NULL; /* not kept: the data key is what stays */
@@ -429,7 +432,12 @@ void nvram_close(struct nvram *nv)
     if (!nv)
         return;
     nvram_free_buffers(nv);
-    nv_secret_free(nv, sizeof(*nv)); /* wiped, the data key with it */
+    if (nv->in_secret_pages) {
+        nv_secret_free(nv, sizeof(*nv)); /* wiped, the data key with it */
+    } else {
+        nv_wipe(nv, sizeof(*nv));
+        free(nv);
+    }
 }
 
 int nvram_tpm_version(const struct nvram *nv)

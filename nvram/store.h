@@ -22,7 +22,8 @@ struct nvram {
     size_t buf_size;
     size_t buf_used, plain_used; /* bytes written into each since the last wipe */
     unsigned load_depth;
-    bool holds_memory; /* nvram_holds_memory */
+    bool holds_memory;    /* nvram_holds_memory */
+    bool in_secret_pages; /* nv_secret_alloc'd (else calloc'd: keyless) */
     int lock_timeout;
 };
 
