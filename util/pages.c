@@ -10,7 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-static size_t page_span(size_t size)
+size_t nv_page_span(size_t size)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     return ((size ? size : 1) + page - 1) / page * page;
@@ -19,14 +19,14 @@ static size_t page_span(size_t size)
 void *nv_pages_alloc(size_t size)
 {
     void *p =
-        mmap(NULL, page_span(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        mmap(NULL, nv_page_span(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 
 void nv_pages_free(void *p, size_t size)
 {
     if (p)
-        munmap(p, page_span(size));
+        munmap(p, nv_page_span(size));
 }
 
 void nv_pages_release(void *p, size_t size)
@@ -34,7 +34,7 @@ void nv_pages_release(void *p, size_t size)
     /* Private anonymous pages: MADV_DONTNEED frees them at once and the next
      * touch maps a zero page; it cannot fail on a mapping of our own. */
     if (p && size)
-        (void)madvise(p, page_span(size), MADV_DONTNEED);
+        (void)madvise(p, nv_page_span(size), MADV_DONTNEED);
 }
 
 /* The lowest address of the calling thread's stack, found once per thread

@@ -10,21 +10,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-static size_t secret_span(size_t size)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    return (size + page - 1) / page * page;
-}
-
 void *nv_secret_alloc(size_t size)
 {
-    size_t span = secret_span(size);
-    void *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
+    void *p = nv_pages_alloc(size);
+    if (!p)
         return NULL;
-    if (madvise(p, span, MADV_DONTDUMP) < 0) { /* the point of these pages */
+    if (madvise(p, nv_page_span(size), MADV_DONTDUMP) < 0) { /* the point of these pages */
         int e = errno;
-        munmap(p, span);
+        nv_pages_free(p, size);
         errno = e;
         return NULL;
     }
@@ -35,7 +28,7 @@ void *nv_secret_alloc(size_t size)
 void nv_secret_lock(void *p, size_t size)
 {
     if (p)
-        (void)mlock(p, secret_span(size));
+        (void)mlock(p, nv_page_span(size));
 }
 
 void nv_secret_free(void *p, size_t size)
@@ -43,8 +36,8 @@ void nv_secret_free(void *p, size_t size)
     if (!p)
         return;
     explicit_bzero(p, size);
-    munlock(p, secret_span(size));
-    munmap(p, secret_span(size));
+    munlock(p, nv_page_span(size));
+    nv_pages_free(p, size);
 }
 
 void nv_wipe(void *p, size_t len)

@@ -87,6 +87,8 @@ void nv_secret_free(void *p, size_t size);
  * back (they read as zeros again) without giving up the address range.
  * nv_pages_alloc returns NULL (errno set) when no mapping can be had. */
 void *nv_pages_alloc(size_t size);
+/* size rounded up to whole pages (at least one): what nv_pages_alloc maps. */
+size_t nv_page_span(size_t size);
 void nv_pages_free(void *p, size_t size);
 void nv_pages_release(void *p, size_t size);
 /* Give back the calling thread's stack pages below its current frame (a

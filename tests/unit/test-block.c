@@ -9,7 +9,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -38,14 +37,9 @@ static struct bdrv_node *open_ok(const char *path, unsigned flags)
 /* Resident pages of a cache's memory (mincore: what the kernel has mapped). */
 static size_t resident_pages(const struct qcow2_cache *c)
 {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE), n = (c->size + page - 1) / page, count = 0;
-    unsigned char *vec = malloc(n);
-    assert_non_null(vec);
-    assert_int_equal(mincore(c->memory, c->size, vec), 0);
-    for (size_t i = 0; i < n; i++)
-        count += vec[i] & 1;
-    free(vec);
-    return count;
+    size_t n = test_resident_pages(c->memory, c->size);
+    assert_int_not_equal(n, SIZE_MAX);
+    return n;
 }
 
 static void check_pattern(struct bdrv_node *bs, uint64_t off, int byte)

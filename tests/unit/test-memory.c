@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -25,14 +24,9 @@ static char image[600];
 
 static size_t resident(const void *p, size_t len)
 {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE), n = (len + page - 1) / page, count = 0;
-    unsigned char *vec = malloc(n);
-    assert_non_null(vec);
-    assert_int_equal(mincore((void *)p, len, vec), 0);
-    for (size_t i = 0; i < n; i++)
-        count += vec[i] & 1;
-    free(vec);
-    return count;
+    size_t n = test_resident_pages(p, len);
+    assert_int_not_equal(n, SIZE_MAX);
+    return n;
 }
 
 /* Resident pages of the slot buffers and of the image's metadata caches. */

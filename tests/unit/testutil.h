@@ -16,6 +16,9 @@ const char *test_dir(void);
  * (static storage, valid until the next call with the same slot). */
 const char *test_file(int slot, uint64_t size, int byte);
 
+/* How many pages of [p, p + len) are resident (mincore); p page-aligned. */
+size_t test_resident_pages(const void *p, size_t len);
+
 /* Remove test_dir() and everything in it. */
 void test_dir_remove(void);
 
